@@ -1,0 +1,390 @@
+#include "flotilla/cli/cli.hpp"
+
+#include <charconv>
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <exception>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include "flotilla/cli/render.hpp"
+#include "flotilla/cli/rpc_client.hpp"
+#include "flotilla/core/clock.hpp"
+#include "flotilla/core/config.hpp"
+#include "flotilla/core/ids.hpp"
+#include "flotilla/core/transport.hpp"
+#include "flotilla/core/version.hpp"
+
+namespace flotilla::cli {
+namespace {
+
+constexpr std::string_view kDefaultUsername = "flotilla-operator";
+constexpr std::string_view kClientIdPrefix = "flotilla-cli";
+// Devices per ListDevices page: about 300 KiB of reply at ~300 B a record.
+constexpr std::uint32_t kPageSize = 1000;
+
+enum class Command { none, devices_list, devices_show, devices_count, devices_rebirth, manager_status };
+
+// Everything the command line said, before any file or environment is consulted.
+struct Invocation {
+  std::string config_file;
+  std::string broker;
+  std::string username;
+  std::string password_file;
+  std::string output;  // empty: from the config file, else table
+  std::string timeout = "5s";
+  Command command = Command::none;
+  std::uint64_t limit = 0;  // devices list: 0 = no limit
+  std::string device_id;
+  std::string by;
+};
+
+// The resolved settings of one run.
+struct Settings {
+  TransportOptions transport;
+  std::string username;
+  bool json = false;
+  std::chrono::milliseconds timeout{5000};
+};
+
+// A failed step: exit code and the message printed after "flotilla: ".
+struct Failure {
+  int code;
+  std::string message;
+};
+
+template <typename T>
+using Outcome = std::variant<T, Failure>;
+
+Failure usage(std::string message) { return Failure{exit_usage, std::move(message)}; }
+
+Outcome<Settings> resolve_settings(const Invocation& inv) {
+  Settings s;
+  auto timeout = config::parse_duration(inv.timeout);
+  if (!timeout) return usage(fmt::format("--timeout: {}", timeout.error().message));
+  if (timeout->count() <= 0) return usage("--timeout: must be greater than 0");
+  s.timeout = *timeout;
+
+  config::MqttConfig mqtt;
+  std::string file_output;
+  if (!inv.config_file.empty()) {
+    auto reader = config::TomlReader::load_file(inv.config_file);
+    if (!reader) return usage(reader.error().message);
+    if (auto st = config::read_mqtt(*reader, mqtt); !st) return usage(st.error().message);
+    if (auto st = reader->read("output", file_output); !st) return usage(st.error().message);
+    if (auto st = reader->reject_unknown_keys(); !st) return usage(st.error().message);
+    if (!file_output.empty() && file_output != "table" && file_output != "json") {
+      return usage(fmt::format("{}: output: must be \"table\" or \"json\", not \"{}\"", reader->source(), file_output));
+    }
+  }
+
+  // Environment over file: a password from the environment replaces a password file from the file.
+  const std::string file_password_file = mqtt.password_file;
+  config::apply_mqtt_env(mqtt);
+  if (const char* env = std::getenv("FLOTILLA_MQTT_PASSWORD"); env != nullptr && *env != '\0') {
+    mqtt.password_file.clear();
+  }
+
+  // Command line over environment.
+  if (!inv.broker.empty()) {
+    if (auto uri = parse_broker_uri(inv.broker); !uri) return usage(fmt::format("--broker: {}", uri.error().message));
+    mqtt.broker = inv.broker;
+  }
+  if (!inv.username.empty()) mqtt.username = inv.username;
+  if (!inv.password_file.empty()) {
+    mqtt.password_file = inv.password_file;
+    mqtt.password.clear();
+  }
+  if (mqtt.username.empty()) mqtt.username = kDefaultUsername;
+  if (auto st = validate_topic_level_name(mqtt.username, "username"); !st) return usage(st.error().message);
+  if (auto st = config::validate_mqtt(mqtt); !st) return usage(st.error().message);
+
+  auto transport = config::transport_options(mqtt);
+  if (!transport) return usage(transport.error().message);
+  s.transport = std::move(*transport);
+  // Unique per invocation: two concurrent runs must never take over each other's session.
+  const std::string_view prefix = mqtt.client_id.empty() ? kClientIdPrefix : std::string_view(mqtt.client_id);
+  s.transport.client_id = fmt::format("{}-{}", prefix, random_hex(8));
+  s.username = mqtt.username;
+
+  const std::string& output = !inv.output.empty() ? inv.output : file_output;
+  s.json = output == "json";
+  return s;
+}
+
+// Prints `message` as JSON or the table produced by `table`.
+template <typename TableFn>
+int emit(const Settings& s, const google::protobuf::Message& message, TableFn table, std::ostream& out,
+         std::ostream& err) {
+  if (s.json) {
+    auto json = to_json(message);
+    if (!json) {
+      err << "flotilla: " << json.error().message << '\n';
+      return exit_internal;
+    }
+    out << *json << '\n';
+  } else {
+    out << table();
+  }
+  out.flush();
+  return exit_ok;
+}
+
+class Session {
+ public:
+  Session(const Settings& settings, RpcClient client) : settings_(settings), client_(std::move(client)) {}
+
+  // Sends `request`; on success returns the reply with code OK and the expected result set.
+  Outcome<v1::RpcResponse> call(const v1::RpcRequest& request, v1::RpcResponse::ResultCase expected,
+                                std::string_view what) {
+    auto reply = client_.call(request, settings_.timeout);
+    if (!reply) return Failure{exit_code_for(reply.error()), reply.error().message};
+    if (reply->code() != v1::RpcResponse::CODE_OK) {
+      std::string text = reply->error();
+      if (text.empty()) text = fmt::format("{}: {}", what, v1::RpcResponse::Code_Name(reply->code()));
+      return Failure{exit_code_for(reply->code()), std::move(text)};
+    }
+    if (reply->result_case() != expected) {
+      return Failure{exit_internal, fmt::format("{}: the manager's reply carries no result of this kind", what)};
+    }
+    return std::move(*reply);
+  }
+
+ private:
+  const Settings& settings_;
+  RpcClient client_;
+};
+
+int fail(const Failure& f, std::ostream& err) {
+  err << "flotilla: " << f.message << '\n';
+  err.flush();
+  return f.code;
+}
+
+int devices_list(Session& session, const Invocation& inv, const Settings& s, std::ostream& out, std::ostream& err) {
+  v1::ListDevicesResponse all;
+  std::string cursor;
+  for (;;) {
+    std::uint32_t page = kPageSize;
+    if (inv.limit > 0) {
+      const auto remaining = inv.limit - static_cast<std::uint64_t>(all.devices_size());
+      if (remaining < page) page = static_cast<std::uint32_t>(remaining);
+    }
+    v1::RpcRequest request;
+    request.mutable_list_devices()->set_limit(page);
+    request.mutable_list_devices()->set_start_after(cursor);
+    auto reply = session.call(request, v1::RpcResponse::kListDevices, "devices list");
+    if (auto* f = std::get_if<Failure>(&reply)) return fail(*f, err);
+    auto& response = *std::get<v1::RpcResponse>(reply).mutable_list_devices();
+    all.set_total(response.total());
+    for (auto& d : *response.mutable_devices()) {
+      if (inv.limit > 0 && static_cast<std::uint64_t>(all.devices_size()) >= inv.limit) break;
+      *all.add_devices() = std::move(d);
+    }
+    const bool limit_reached = inv.limit > 0 && static_cast<std::uint64_t>(all.devices_size()) >= inv.limit;
+    // A page that made no progress would loop forever on a misbehaving manager.
+    if (response.next_cursor().empty() || response.next_cursor() == cursor) {
+      all.clear_next_cursor();
+      break;
+    }
+    if (limit_reached) {
+      // Where a script continues: the last id listed, unless the page ended exactly here.
+      all.set_next_cursor(all.devices().empty() ? std::string() : all.devices().rbegin()->device_id());
+      break;
+    }
+    cursor = response.next_cursor();
+  }
+  return emit(
+      s, all,
+      [&] {
+        const std::vector<v1::DeviceRecord> devices(all.devices().begin(), all.devices().end());
+        return render_devices_table(devices, unix_now_ms());
+      },
+      out, err);
+}
+
+int devices_show(Session& session, const Invocation& inv, const Settings& s, std::ostream& out, std::ostream& err) {
+  v1::RpcRequest request;
+  request.mutable_get_device()->set_device_id(inv.device_id);
+  auto reply = session.call(request, v1::RpcResponse::kDevice, fmt::format("device {}", inv.device_id));
+  if (auto* f = std::get_if<Failure>(&reply)) return fail(*f, err);
+  const auto& detail = std::get<v1::RpcResponse>(reply).device();
+  return emit(s, detail, [&] { return render_device_detail(detail, unix_now_ms()); }, out, err);
+}
+
+int devices_count(Session& session, const Invocation& inv, const Settings& s, std::ostream& out, std::ostream& err) {
+  v1::RpcRequest request;
+  request.mutable_count_devices()->set_by(inv.by);
+  auto reply = session.call(request, v1::RpcResponse::kCountDevices, fmt::format("count by {}", inv.by));
+  if (auto* f = std::get_if<Failure>(&reply)) return fail(*f, err);
+  const auto& counts = std::get<v1::RpcResponse>(reply).count_devices();
+  return emit(s, counts, [&] { return render_count_table(counts); }, out, err);
+}
+
+int devices_rebirth(Session& session, const Invocation& inv, const Settings& s, std::ostream& out, std::ostream& err) {
+  v1::RpcRequest request;
+  request.mutable_rebirth()->set_device_id(inv.device_id);
+  auto reply = session.call(request, v1::RpcResponse::kRebirth, fmt::format("rebirth of {}", inv.device_id));
+  if (auto* f = std::get_if<Failure>(&reply)) return fail(*f, err);
+  const auto& rebirth = std::get<v1::RpcResponse>(reply).rebirth();
+  return emit(s, rebirth, [&] { return rebirth.command_id() + "\n"; }, out, err);
+}
+
+int manager_status(Session& session, const Settings& s, std::ostream& out, std::ostream& err) {
+  v1::RpcRequest request;
+  request.mutable_manager_stats();
+  auto reply = session.call(request, v1::RpcResponse::kManagerStats, "manager status");
+  if (auto* f = std::get_if<Failure>(&reply)) return fail(*f, err);
+  const auto& stats = std::get<v1::RpcResponse>(reply).manager_stats();
+  return emit(s, stats, [&] { return render_manager_stats(stats, unix_now_ms()); }, out, err);
+}
+
+int execute(const Invocation& inv, std::ostream& out, std::ostream& err) {
+  if (inv.command == Command::devices_show || inv.command == Command::devices_rebirth) {
+    if (auto id = DeviceId::parse(inv.device_id); !id) {
+      return fail(usage(fmt::format("invalid device id '{}': {}", inv.device_id, id.error().message)), err);
+    }
+  }
+  auto resolved = resolve_settings(inv);
+  if (auto* f = std::get_if<Failure>(&resolved)) return fail(*f, err);
+  const Settings& settings = std::get<Settings>(resolved);
+
+  auto client = RpcClient::connect(settings.transport, settings.username, settings.timeout);
+  if (!client) return fail(Failure{exit_code_for(client.error()), client.error().message}, err);
+  Session session(settings, std::move(*client));
+
+  switch (inv.command) {
+    case Command::devices_list: return devices_list(session, inv, settings, out, err);
+    case Command::devices_show: return devices_show(session, inv, settings, out, err);
+    case Command::devices_count: return devices_count(session, inv, settings, out, err);
+    case Command::devices_rebirth: return devices_rebirth(session, inv, settings, out, err);
+    case Command::manager_status: return manager_status(session, settings, out, err);
+    case Command::none: break;
+  }
+  return fail(Failure{exit_internal, "no command selected"}, err);
+}
+
+constexpr const char* kFooter =
+    "Exit codes: 0 success, 1 internal error, 2 usage error, 3 broker or manager unreachable,\n"
+    "            4 not found, 5 request rejected by the manager.\n"
+    "Environment: FLOTILLA_CONFIG, FLOTILLA_BROKER, FLOTILLA_MQTT_USERNAME, FLOTILLA_MQTT_PASSWORD.\n"
+    "See docs/cli.md.";
+
+// CLI11 validator of --limit: its own integer conversion accepts out-of-range values.
+std::string positive_integer(const std::string& text) {
+  std::uint64_t value = 0;
+  const auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (ec != std::errc{} || ptr != text.data() + text.size() || value == 0) {
+    return "must be an integer from 1 to 18446744073709551615";
+  }
+  return {};
+}
+
+}  // namespace
+
+int exit_code_for(const Error& error) noexcept {
+  switch (error.code) {
+    case Errc::unavailable:
+    case Errc::timeout:
+    case Errc::permission_denied:
+    case Errc::closed: return exit_unreachable;
+    case Errc::invalid_argument: return exit_usage;
+    default: return exit_internal;
+  }
+}
+
+int exit_code_for(v1::RpcResponse::Code code) noexcept {
+  switch (code) {
+    case v1::RpcResponse::CODE_OK: return exit_ok;
+    case v1::RpcResponse::CODE_NOT_FOUND: return exit_not_found;
+    case v1::RpcResponse::CODE_INVALID_ARGUMENT: return exit_rejected;
+    case v1::RpcResponse::CODE_UNAVAILABLE: return exit_unreachable;
+    default: return exit_internal;
+  }
+}
+
+int run(int argc, char** argv, std::ostream& out, std::ostream& err) {
+  Invocation inv;
+  CLI::App app{"Operator command line of the Flotilla fleet manager.", "flotilla"};
+  app.fallthrough();  // global options are accepted after the subcommand too
+  app.footer(kFooter);
+  app.set_version_flag("--version", fmt::format("flotilla {}", flotilla::version), "Print the version and exit");
+  // At most one subcommand per level. "At least one" is checked after parsing, so that CLI11 first
+  // reports unknown arguments, which it checks only after its requirements.
+  app.require_subcommand(0, 1);
+
+  app.add_option("--config", inv.config_file, "TOML file with an [mqtt] section and an optional `output` key")
+      ->envname("FLOTILLA_CONFIG")
+      ->type_name("FILE");
+  app.add_option("--broker", inv.broker, "Broker URI, mqtt://host:port or mqtts://host:port "
+                                         "(default mqtt://127.0.0.1:1883)")
+      ->type_name("URI");
+  app.add_option("--username", inv.username, "Broker username, also names the reply topic "
+                                             "(default flotilla-operator)")
+      ->type_name("NAME");
+  app.add_option("--password-file", inv.password_file, "File holding the broker password (must not be world-readable)")
+      ->type_name("FILE");
+  app.add_option("-o,--output", inv.output, "Output format: table or json (default table)")
+      ->check(CLI::IsMember({"table", "json"}))
+      ->type_name("FORMAT");
+  app.add_option("--timeout", inv.timeout, "How long to wait for the broker and for each reply, e.g. 500ms, 5s, 1m")
+      ->type_name("DURATION")
+      ->capture_default_str();
+
+  auto* devices = app.add_subcommand("devices", "Inspect and act on devices");
+  auto* list = devices->add_subcommand("list", "List devices, in id order");
+  list->add_option("--limit", inv.limit, "Stop after N devices")->check(positive_integer)->type_name("N");
+  auto* show = devices->add_subcommand("show", "Show one device: record, inventory summary, latest telemetry");
+  show->add_option("id", inv.device_id, "Device id")->required();
+  auto* count = devices->add_subcommand("count", "Count devices grouped by a field");
+  count->add_option("--by", inv.by, "Field: kind, online, os.name, os.version, os.kernel, firmware.version, "
+                                    "hardware.vendor, hardware.model, tenant, site, agent.version, gateway")
+      ->required()
+      ->type_name("FIELD");
+  auto* rebirth = devices->add_subcommand("rebirth", "Ask a device to republish its birth (identity and inventory)");
+  rebirth->add_option("id", inv.device_id, "Device id")->required();
+
+  auto* manager = app.add_subcommand("manager", "Inspect the fleet manager");
+  auto* status = manager->add_subcommand("status", "Show the manager's instance, uptime and counters");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    if (e.get_exit_code() == static_cast<int>(CLI::ExitCodes::Success)) {
+      (void)app.exit(e, out, err);
+      out.flush();
+      return exit_ok;
+    }
+    return fail(usage(fmt::format("{} (see flotilla --help)", e.what())), err);
+  }
+
+  if (!devices->parsed() && !manager->parsed()) {
+    return fail(usage("a command is required: devices or manager (see flotilla --help)"), err);
+  }
+  if (devices->parsed() && devices->get_subcommands().empty()) {
+    return fail(usage("devices: a subcommand is required: list, show, count or rebirth "
+                      "(see flotilla devices --help)"),
+                err);
+  }
+  if (manager->parsed() && manager->get_subcommands().empty()) {
+    return fail(usage("manager: a subcommand is required: status (see flotilla manager --help)"), err);
+  }
+  if (list->parsed()) inv.command = Command::devices_list;
+  else if (show->parsed()) inv.command = Command::devices_show;
+  else if (count->parsed()) inv.command = Command::devices_count;
+  else if (rebirth->parsed()) inv.command = Command::devices_rebirth;
+  else if (status->parsed()) inv.command = Command::manager_status;
+
+  try {
+    return execute(inv, out, err);
+  } catch (const std::exception& e) {
+    return fail(Failure{exit_internal, fmt::format("internal error: {}", e.what())}, err);
+  }
+}
+
+}  // namespace flotilla::cli

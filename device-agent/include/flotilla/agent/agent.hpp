@@ -1,0 +1,69 @@
+#pragma once
+// The device agent: collects this host's inventory and health, keeps every reading in a durable
+// outbox until the broker acknowledges it, and answers commands. One reactor thread (the caller
+// of run()) owns all state; the transport's threads only enqueue events.
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <random>
+#include <stop_token>
+#include <string>
+#include <vector>
+
+#include "flotilla/agent/collectors.hpp"
+#include "flotilla/agent/config.hpp"
+#include "flotilla/agent/outbox.hpp"
+#include "flotilla/agent/protocol.hpp"
+#include "flotilla/core/connection.hpp"
+#include "flotilla/core/queue.hpp"
+#include "flotilla/core/transport.hpp"
+
+namespace flotilla::agent {
+
+using TransportFactory = std::function<Result<std::unique_ptr<Transport>>(TransportOptions, EventSink)>;
+
+class Agent {
+ public:
+  // Opens the state directory and outbox. Errors: invalid_argument, io_error.
+  static Result<std::unique_ptr<Agent>> create(AgentConfig config, std::vector<std::unique_ptr<Collector>> collectors,
+                                               TransportFactory transport_factory);
+  ~Agent();
+
+  // Runs until `stop` is requested; then publishes a graceful death and disconnects.
+  void run(std::stop_token stop);
+
+ private:
+  Agent(AgentConfig config, std::vector<std::unique_ptr<Collector>> collectors, std::unique_ptr<Outbox> outbox);
+
+  Result<std::uint64_t> next_epoch();
+  v1::Inventory collect_inventory();
+  void on_up();
+  void on_down();
+  void handle(TransportEvent& event);
+  void on_command(const Message& message);
+  void enqueue(const Message& message);
+  void pump();
+  void sample_telemetry();
+  void check_inventory(bool force);
+
+  AgentConfig config_;
+  std::vector<std::unique_ptr<Collector>> collectors_;
+  std::unique_ptr<Outbox> outbox_;
+  DeviceProtocol protocol_;
+  BoundedQueue<TransportEvent> queue_;
+  std::unique_ptr<Transport> transport_;
+  std::unique_ptr<Connection> connection_;
+  std::mt19937_64 rng_;
+
+  // Publishes in flight: transport operation id -> outbox record id.
+  std::map<OperationId, std::uint64_t> inflight_;
+  std::uint64_t last_sent_record_ = 0;
+  OperationId birth_op_ = 0;
+  std::uint64_t birth_reported_dropped_ = 0;
+  std::string last_inventory_;  // serialized inventory last published, for change detection
+  SteadyClock::time_point next_telemetry_{};
+  SteadyClock::time_point next_inventory_{};
+};
+
+}  // namespace flotilla::agent

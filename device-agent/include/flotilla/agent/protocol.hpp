@@ -1,0 +1,86 @@
+#pragma once
+// The device side of the wire protocol, shared by the real agent and the simulator: session
+// epochs and sequence numbers, birth / Will / death, and validation of incoming commands.
+// Pure: no I/O, time comes in as an argument. Owned by one thread.
+
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "flotilla/core/ids.hpp"
+#include "flotilla/core/transport.hpp"
+#include "flotilla/v1/command.pb.h"
+#include "flotilla/v1/device.pb.h"
+
+namespace flotilla::agent {
+
+struct Identity {
+  DeviceId id;
+  v1::DeviceKind kind = v1::DEVICE_KIND_COMPUTER;
+  std::string agent_version{};
+  std::string tenant{};
+  std::string site{};
+  std::vector<std::string> tags{};
+  std::string gateway_id{};
+  std::uint32_t keepalive_s = 30;
+  std::uint32_t telemetry_interval_s = 30;
+};
+
+class DeviceProtocol {
+ public:
+  explicit DeviceProtocol(Identity identity) : identity_(std::move(identity)) {}
+
+  const Identity& identity() const { return identity_; }
+  std::uint64_t epoch() const { return epoch_; }
+  std::uint64_t seq() const { return seq_; }
+
+  // Starts session `epoch` (must be larger than any before): the birth will carry seq 0.
+  void begin_session(std::uint64_t epoch);
+
+  // The Will for the current session: a Death with reason CONNECTION_LOST and its epoch.
+  Message will(std::int64_t now_ms) const;
+  // Birth for the current session: seq 0 the first time, the next seq for a rebirth.
+  Message birth(const v1::Inventory& inventory, std::uint64_t outbox_dropped, std::int64_t now_ms);
+  Message graceful_death(std::int64_t now_ms);
+  Message telemetry(v1::Telemetry telemetry, std::int64_t now_ms);
+  Message inventory(v1::Inventory inventory, std::int64_t now_ms);
+
+  // What to do with a message received on the device's cmd topic.
+  struct Execute {
+    v1::Command command;
+  };
+  struct Reply {
+    Message result;  // already-answered duplicate or rejection
+  };
+  struct Ignore {
+    std::string why;  // undecodable, for another device: nothing to answer
+  };
+  using CommandDecision = std::variant<Execute, Reply, Ignore>;
+  CommandDecision on_command(const Message& message, std::int64_t now_ms);
+
+  // Builds the result message of an executed command and remembers it for duplicates.
+  Message result(const v1::Command& command, v1::CommandResult::Status status, std::string text,
+                 std::map<std::string, std::string> output, std::int64_t now_ms);
+
+ private:
+  v1::Header next_header(std::int64_t now_ms);
+  Message reply_for(const std::string& command_id, v1::CommandResult::Status status, std::string text,
+                    std::map<std::string, std::string> output, std::int64_t now_ms);
+
+  static constexpr std::size_t kRememberedCommands = 1024;
+
+  Identity identity_;
+  std::uint64_t epoch_ = 0;
+  std::uint64_t seq_ = 0;
+  bool birth_sent_ = false;
+  // Results of recently executed commands, for answering redeliveries without executing again.
+  std::map<std::string, v1::CommandResult> executed_;
+  std::deque<std::string> executed_order_;
+};
+
+}  // namespace flotilla::agent

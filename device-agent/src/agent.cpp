@@ -1,0 +1,283 @@
+#include "flotilla/agent/agent.hpp"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <charconv>
+#include <fstream>
+
+#include "flotilla/core/backoff.hpp"
+#include "flotilla/core/clock.hpp"
+#include "flotilla/core/codec.hpp"
+#include "flotilla/core/log.hpp"
+#include "flotilla/core/topics.hpp"
+#include "flotilla/core/version.hpp"
+
+namespace flotilla::agent {
+namespace {
+
+// Writes `text` to `path` atomically and durably: temp file, fsync, rename, fsync directory.
+Status write_file_durably(const std::filesystem::path& path, const std::string& text) {
+  const auto tmp = path.string() + ".tmp";
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) return make_error(Errc::io_error, "cannot write {}", tmp);
+  const bool ok = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()) && ::fsync(fd) == 0;
+  ::close(fd);
+  if (!ok || ::rename(tmp.c_str(), path.c_str()) != 0) return make_error(Errc::io_error, "cannot write {}", path.string());
+  const int dir = ::open(path.parent_path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir >= 0) {
+    (void)::fsync(dir);
+    ::close(dir);
+  }
+  return {};
+}
+
+Identity identity_from(const AgentConfig& c) {
+  Identity id{DeviceId::parse(c.device_id).value(), v1::DEVICE_KIND_COMPUTER, flotilla::version, c.tenant, c.site,
+              c.tags, {}, static_cast<std::uint32_t>(c.mqtt.keepalive.count()),
+              static_cast<std::uint32_t>(std::chrono::duration_cast<std::chrono::seconds>(c.telemetry_interval).count())};
+  return id;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Agent>> Agent::create(AgentConfig config, std::vector<std::unique_ptr<Collector>> collectors,
+                                             TransportFactory transport_factory) {
+  if (auto st = validate(config); !st) return std::move(st).error();
+  std::error_code ec;
+  std::filesystem::create_directories(config.state_dir, ec);
+  if (ec) return make_error(Errc::io_error, "agent.state_dir: cannot create {}: {}", config.state_dir.string(), ec.message());
+  std::filesystem::permissions(config.state_dir, std::filesystem::perms::owner_all, ec);
+
+  OutboxOptions oo;
+  oo.dir = config.state_dir / "outbox";
+  oo.max_bytes = config.outbox_max_bytes;
+  auto outbox = Outbox::open(oo);
+  if (!outbox) return std::move(outbox).error();
+
+  std::unique_ptr<Agent> a(new Agent(std::move(config), std::move(collectors), std::move(outbox).value()));
+  auto options = config::transport_options(a->config_.mqtt);
+  if (!options) return std::move(options).error();
+  if (options->client_id.empty()) options->client_id = a->config_.device_id;
+  if (options->username.empty()) options->username = a->config_.device_id;
+  auto* queue = &a->queue_;
+  auto transport = transport_factory(std::move(options).value(), [queue](TransportEvent&& e) { queue->push(std::move(e)); });
+  if (!transport) return std::move(transport).error();
+  a->transport_ = std::move(transport).value();
+
+  const DeviceId& id = a->protocol_.identity().id;
+  Connection::Hooks hooks;
+  Agent* self = a.get();
+  hooks.make_will = [self]() -> std::optional<Message> {
+    auto epoch = self->next_epoch();
+    if (!epoch) {
+      log::error("cannot persist the session epoch: {}", epoch.error().message);
+      return std::nullopt;
+    }
+    self->protocol_.begin_session(*epoch);
+    return self->protocol_.will(unix_now_ms());
+  };
+  hooks.on_up = [self](bool) { self->on_up(); };
+  hooks.on_down = [self](const std::string& cause) {
+    log::warn("broker connection lost: {}", cause);
+    self->on_down();
+  };
+  a->connection_ = std::make_unique<Connection>(
+      *a->transport_,
+      std::vector<Subscription>{{topics::device(id, topics::Channel::cmd), 1},
+                                {topics::device(id, topics::Channel::config), 1}},
+      Backoff(a->config_.mqtt.reconnect_min, a->config_.mqtt.reconnect_max, a->rng_()), std::move(hooks));
+  return a;
+}
+
+Agent::Agent(AgentConfig config, std::vector<std::unique_ptr<Collector>> collectors, std::unique_ptr<Outbox> outbox)
+    : config_(std::move(config)),
+      collectors_(std::move(collectors)),
+      outbox_(std::move(outbox)),
+      protocol_(identity_from(config_)),
+      queue_(4096),
+      rng_(std::random_device{}()) {}
+
+Agent::~Agent() = default;
+
+Result<std::uint64_t> Agent::next_epoch() {
+  // Epochs only grow: the stored counter plus one, floored by the wall clock in ms so a wiped
+  // state directory cannot make the new sessions look older than ones the manager already saw.
+  const auto path = config_.state_dir / "epoch";
+  std::uint64_t stored = 0;
+  if (std::ifstream in(path); in) {
+    std::string text;
+    std::getline(in, text);
+    (void)std::from_chars(text.data(), text.data() + text.size(), stored);
+  }
+  const std::uint64_t next = std::max<std::uint64_t>(stored + 1, static_cast<std::uint64_t>(unix_now_ms()));
+  if (auto st = write_file_durably(path, std::to_string(next)); !st) return std::move(st).error();
+  return next;
+}
+
+v1::Inventory Agent::collect_inventory() {
+  v1::Inventory inv;
+  for (auto& c : collectors_) {
+    if (auto st = c->collect_inventory(inv); !st) log::warn("collector {}: {}", c->name(), st.error().message);
+  }
+  return inv;
+}
+
+void Agent::run(std::stop_token stop) {
+  log::info("agent {} starting; outbox holds {} readings", config_.device_id, outbox_->size());
+  last_inventory_ = codec::encode(collect_inventory());
+  const auto start = SteadyClock::now();
+  next_telemetry_ = start;
+  next_inventory_ = start + jittered(std::chrono::duration_cast<std::chrono::milliseconds>(config_.inventory_interval),
+                                     config_.telemetry_jitter, rng_);
+  connection_->start(start);
+  std::vector<TransportEvent> events;
+  while (!stop.stop_requested()) {
+    const auto now = SteadyClock::now();
+    const auto deadline = std::min({connection_->next_deadline(), next_telemetry_, next_inventory_});
+    auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now);
+    wait = std::clamp(wait, std::chrono::milliseconds(0), std::chrono::milliseconds(200));
+    events.clear();
+    queue_.drain(events, 256, wait);
+    for (auto& e : events) handle(e);
+    const auto after = SteadyClock::now();
+    connection_->tick(after);
+    if (after >= next_telemetry_) {
+      sample_telemetry();
+      next_telemetry_ = after + jittered(std::chrono::duration_cast<std::chrono::milliseconds>(config_.telemetry_interval),
+                                         config_.telemetry_jitter, rng_);
+    }
+    if (after >= next_inventory_) {
+      check_inventory(false);
+      next_inventory_ = after + std::chrono::duration_cast<std::chrono::milliseconds>(config_.inventory_interval);
+    }
+  }
+  log::info("agent stopping");
+  if (connection_->up()) {
+    (void)transport_->publish(protocol_.graceful_death(unix_now_ms()));
+    (void)transport_->disconnect(std::chrono::milliseconds(2000));
+  }
+  queue_.close();
+}
+
+void Agent::on_up() {
+  log::info("connected to {} as {} (epoch {})", config_.mqtt.broker, config_.device_id, protocol_.epoch());
+  birth_reported_dropped_ = outbox_->dropped_unreported();
+  auto birth = protocol_.birth(collect_inventory(), birth_reported_dropped_, unix_now_ms());
+  if (auto id = transport_->publish(birth); id) {
+    birth_op_ = *id;
+  } else {
+    log::warn("birth not sent: {}", id.error().message);
+  }
+  pump();
+}
+
+void Agent::on_down() {
+  inflight_.clear();
+  last_sent_record_ = 0;
+  birth_op_ = 0;
+}
+
+void Agent::handle(TransportEvent& e) {
+  if (connection_->handle(e, SteadyClock::now())) return;
+  if (auto* r = std::get_if<event::Received>(&e)) {
+    auto topic = topics::parse_device_topic(r->message.topic);
+    if (topic && topic->device == protocol_.identity().id && topic->channel == topics::Channel::cmd) {
+      on_command(r->message);
+    }
+    return;
+  }
+  if (auto* d = std::get_if<event::Delivered>(&e)) {
+    if (d->id == birth_op_ && birth_op_ != 0) {
+      birth_op_ = 0;
+      if (d->status && birth_reported_dropped_ > 0) {
+        if (auto st = outbox_->mark_dropped_reported(birth_reported_dropped_); !st) {
+          log::warn("outbox: {}", st.error().message);
+        }
+        birth_reported_dropped_ = 0;
+      }
+      return;
+    }
+    auto it = inflight_.find(d->id);
+    if (it == inflight_.end()) return;
+    const std::uint64_t record = it->second;
+    inflight_.erase(it);
+    if (!d->status && d->status.error().code != Errc::permission_denied) {
+      // Not acknowledged: it stays in the outbox and is sent again after the next reconnect.
+      return;
+    }
+    if (!d->status) log::error("broker refused reading {}: {}; dropping it", record, d->status.error().message);
+    if (auto st = outbox_->ack(record); !st) log::warn("outbox ack: {}", st.error().message);
+    pump();
+  }
+}
+
+void Agent::on_command(const Message& message) {
+  const auto now = unix_now_ms();
+  auto decision = protocol_.on_command(message, now);
+  if (auto* ignore = std::get_if<DeviceProtocol::Ignore>(&decision)) {
+    log::warn("ignoring command: {}", ignore->why);
+    return;
+  }
+  if (auto* reply = std::get_if<DeviceProtocol::Reply>(&decision)) {
+    enqueue(reply->result);
+    return;
+  }
+  const auto& cmd = std::get<DeviceProtocol::Execute>(decision).command;
+  log::info("command {} ({})", cmd.command_id(), cmd.type());
+  if (cmd.type() == "ping") {
+    enqueue(protocol_.result(cmd, v1::CommandResult::STATUS_SUCCEEDED, "pong",
+                             {{"agent_version", flotilla::version}, {"epoch", std::to_string(protocol_.epoch())}}, now));
+  } else if (cmd.type() == "inventory.refresh") {
+    check_inventory(true);
+    enqueue(protocol_.result(cmd, v1::CommandResult::STATUS_SUCCEEDED, "inventory sent", {}, unix_now_ms()));
+  } else if (cmd.type() == "rebirth") {
+    if (connection_->up()) (void)transport_->publish(protocol_.birth(collect_inventory(), 0, unix_now_ms()));
+    enqueue(protocol_.result(cmd, v1::CommandResult::STATUS_SUCCEEDED, "birth sent", {}, unix_now_ms()));
+  } else {
+    enqueue(protocol_.result(cmd, v1::CommandResult::STATUS_REJECTED,
+                             fmt::format("unsupported command type '{}'", cmd.type().substr(0, 64)), {}, now));
+  }
+}
+
+void Agent::enqueue(const Message& message) {
+  if (auto id = outbox_->append(message.topic, message.payload); !id) {
+    log::error("outbox append failed: {}", id.error().message);
+    return;
+  }
+  pump();
+}
+
+void Agent::pump() {
+  if (!connection_->up()) return;
+  while (inflight_.size() < config_.max_inflight) {
+    const auto room = config_.max_inflight - inflight_.size();
+    auto records = outbox_->pending(last_sent_record_, room);
+    if (records.empty()) return;
+    for (auto& rec : records) {
+      auto id = transport_->publish(Message{rec.topic, std::move(rec.payload), 1, false, {}, {}});
+      if (!id) return;  // connection went away; everything unacked is re-sent after reconnect
+      inflight_.emplace(*id, rec.id);
+      last_sent_record_ = rec.id;
+    }
+  }
+}
+
+void Agent::sample_telemetry() {
+  v1::Telemetry t;
+  for (auto& c : collectors_) {
+    if (auto st = c->collect_telemetry(t); !st) log::warn("collector {}: {}", c->name(), st.error().message);
+  }
+  enqueue(protocol_.telemetry(std::move(t), unix_now_ms()));
+}
+
+void Agent::check_inventory(bool force) {
+  auto inv = collect_inventory();
+  std::string encoded = codec::encode(inv);
+  if (!force && encoded == last_inventory_) return;
+  last_inventory_ = std::move(encoded);
+  enqueue(protocol_.inventory(std::move(inv), unix_now_ms()));
+}
+
+}  // namespace flotilla::agent

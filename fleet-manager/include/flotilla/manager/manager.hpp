@@ -1,0 +1,71 @@
+#pragma once
+// The fleet manager service: owns the Store, the Registry and one MQTT session. One reactor
+// thread (the caller of run()) owns all mutable state; the transport's threads only enqueue.
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <stop_token>
+#include <string>
+#include <vector>
+
+#include "flotilla/core/connection.hpp"
+#include "flotilla/core/log.hpp"
+#include "flotilla/core/queue.hpp"
+#include "flotilla/core/transport.hpp"
+#include "flotilla/manager/config.hpp"
+#include "flotilla/manager/registry.hpp"
+#include "flotilla/manager/store.hpp"
+#include "flotilla/v1/manager.pb.h"
+
+namespace flotilla::manager {
+
+using TransportFactory = std::function<Result<std::unique_ptr<Transport>>(TransportOptions, EventSink)>;
+
+class Manager {
+ public:
+  // Loads the registry from `store`. Errors: the store's, invalid_argument for bad options.
+  static Result<std::unique_ptr<Manager>> create(ManagerConfig config, std::unique_ptr<Store> store,
+                                                 TransportFactory transport_factory);
+  ~Manager();
+
+  // Runs the reactor until `stop` is requested, then publishes offline presence and disconnects.
+  void run(std::stop_token stop);
+
+  // Counters, safe to read from any thread.
+  std::uint64_t messages_ingested() const { return messages_.load(); }
+
+ private:
+  Manager(ManagerConfig config, std::unique_ptr<Store> store, Registry registry);
+
+  void on_up();
+  void handle_batch(std::vector<TransportEvent>& events);
+  void ingest(const Message& message, std::int64_t now_ms, Batch& batch);
+  void count_drop(const std::string& reason, const std::string& topic, const std::string& detail);
+  void answer(const Message& request);
+  v1::RpcResponse dispatch(const v1::RpcRequest& request);
+  void request_rebirth(const std::string& device_id, std::int64_t now_ms);
+  Message presence(bool online) const;
+  v1::ManagerStats stats() const;
+
+  ManagerConfig config_;
+  std::unique_ptr<Store> store_;
+  Registry registry_;
+  BoundedQueue<TransportEvent> queue_;
+  std::unique_ptr<Transport> transport_;
+  std::unique_ptr<Connection> connection_;
+  log::RateLimiter log_limiter_;
+
+  std::int64_t started_at_ms_ = 0;
+  std::atomic<std::uint64_t> messages_{0};
+  std::uint64_t batches_ = 0;
+  std::map<std::string, std::uint64_t> dropped_;
+  std::map<std::string, std::uint64_t> events_;
+  std::map<std::string, std::int64_t> last_rebirth_ms_;
+  std::vector<std::string> rebirths_due_;
+  std::uint64_t command_counter_ = 0;
+};
+
+}  // namespace flotilla::manager

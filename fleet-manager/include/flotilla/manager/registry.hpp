@@ -1,0 +1,57 @@
+#pragma once
+// The device registry: every DeviceRecord in memory, loaded from the Store at start-up and kept
+// exactly in step with it. Owned by the manager's reactor thread; not thread-safe.
+//
+// ingest() validates one message from a device topic and turns it into record updates plus
+// Store writes appended to a Batch; the caller commits the batch (one per drained queue batch)
+// before answering anything that depends on it.
+
+#include <cstdint>
+#include <map>
+#include <set>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "flotilla/core/result.hpp"
+#include "flotilla/core/topics.hpp"
+#include "flotilla/manager/store.hpp"
+#include "flotilla/v1/record.pb.h"
+
+namespace flotilla::manager {
+
+struct IngestOutcome {
+  // Empty when accepted; otherwise the reason it was dropped: oversized, parse_error,
+  // bad_header, unexpected_channel, stale_birth.
+  std::string dropped;
+  std::string detail;  // human-readable, for the rate-limited log
+  // Noteworthy but accepted: seq_gap, seq_duplicate, late, newer_session, stale_death,
+  // duplicate_death, unknown_device, outbox_dropped, command_result.
+  std::vector<std::string> events;
+  // The manager should ask this device to publish its birth again.
+  bool request_rebirth = false;
+};
+
+class Registry {
+ public:
+  // Loads every record. Errors: the store's, or corruption for an undecodable record.
+  static Result<Registry> load(const Store& store);
+
+  IngestOutcome ingest(const topics::DeviceTopic& topic, std::string_view payload, std::int64_t now_ms, Batch& batch);
+
+  // Appends the records changed since the last flush to `batch`.
+  void flush(Batch& batch);
+
+  const v1::DeviceRecord* find(std::string_view device_id) const;
+  const std::map<std::string, v1::DeviceRecord, std::less<>>& devices() const { return devices_; }
+  std::size_t online_count() const;
+
+ private:
+  v1::DeviceRecord& record_for(const DeviceId& id, std::int64_t now_ms);
+  void note_seq(v1::DeviceRecord& r, const v1::Header& h, std::int64_t now_ms, IngestOutcome& outcome);
+
+  std::map<std::string, v1::DeviceRecord, std::less<>> devices_;
+  std::set<std::string, std::less<>> dirty_;
+};
+
+}  // namespace flotilla::manager

@@ -1,0 +1,48 @@
+#include "flotilla/manager/config.hpp"
+
+#include "flotilla/core/ids.hpp"
+
+namespace flotilla::manager {
+
+Result<ManagerConfig> load_config(const std::filesystem::path* file) {
+  ManagerConfig c;
+  if (file != nullptr) {
+    auto reader = config::TomlReader::load_file(*file);
+    if (!reader) return std::move(reader).error();
+    std::string data_dir = c.data_dir.string();
+    std::string level = "info";
+    std::uint64_t queue = c.queue_capacity;
+    std::uint64_t batch = c.max_batch;
+    for (auto st : {config::read_mqtt(*reader, c.mqtt), reader->read("manager.data_dir", data_dir),
+                    reader->read("manager.instance_id", c.instance_id), reader->read("manager.queue_capacity", queue),
+                    reader->read("manager.max_batch", batch),
+                    reader->read("manager.rebirth_interval", c.rebirth_interval),
+                    reader->read("log.level", level), reader->read("log.burst", c.log_burst),
+                    reader->reject_unknown_keys()}) {
+      if (!st) return std::move(st).error();
+    }
+    auto lvl = log::parse_level(level);
+    if (!lvl) return make_error(Errc::invalid_argument, "log.level: {}", lvl.error().message);
+    c.log_level = *lvl;
+    c.data_dir = data_dir;
+    c.queue_capacity = queue;
+    c.max_batch = batch;
+  }
+  config::apply_mqtt_env(c.mqtt);
+  return c;
+}
+
+Status validate(const ManagerConfig& c) {
+  if (auto st = config::validate_mqtt(c.mqtt); !st) return st;
+  if (auto st = validate_topic_level_name(c.instance_id, "manager.instance_id"); !st) return st;
+  if (c.data_dir.empty()) return make_error(Errc::invalid_argument, "manager.data_dir: must be set");
+  if (c.queue_capacity < 16 || c.queue_capacity > (1u << 24)) {
+    return make_error(Errc::invalid_argument, "manager.queue_capacity: must be between 16 and 16777216");
+  }
+  if (c.max_batch < 1 || c.max_batch > c.queue_capacity) {
+    return make_error(Errc::invalid_argument, "manager.max_batch: must be between 1 and manager.queue_capacity");
+  }
+  return {};
+}
+
+}  // namespace flotilla::manager

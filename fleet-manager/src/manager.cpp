@@ -1,0 +1,314 @@
+#include "flotilla/manager/manager.hpp"
+
+#include <algorithm>
+#include <cstdlib>
+
+#include "flotilla/core/clock.hpp"
+#include "flotilla/core/codec.hpp"
+#include "flotilla/core/topics.hpp"
+#include "flotilla/core/version.hpp"
+#include "flotilla/manager/fields.hpp"
+#include "flotilla/v1/command.pb.h"
+
+namespace flotilla::manager {
+namespace {
+
+constexpr std::uint32_t kDefaultPage = 1000;
+constexpr std::uint32_t kMaxPage = 10000;
+constexpr std::string_view kReplyPrefix = "flotilla/v1/cli/";
+constexpr auto kRebirthCommandTtl = std::chrono::minutes(5);
+
+v1::RpcResponse failure(v1::RpcResponse::Code code, std::string message) {
+  v1::RpcResponse r;
+  r.set_schema_version(codec::schema_version);
+  r.set_code(code);
+  r.set_error(std::move(message));
+  return r;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Manager>> Manager::create(ManagerConfig config, std::unique_ptr<Store> store,
+                                                 TransportFactory transport_factory) {
+  if (auto st = validate(config); !st) return std::move(st).error();
+  auto registry = Registry::load(*store);
+  if (!registry) return std::move(registry).error();
+  std::unique_ptr<Manager> m(new Manager(std::move(config), std::move(store), std::move(registry).value()));
+
+  auto options = config::transport_options(m->config_.mqtt);
+  if (!options) return std::move(options).error();
+  if (options->client_id.empty()) options->client_id = fmt::format("flotilla-manager-{}", m->config_.instance_id);
+  auto* queue = &m->queue_;
+  auto transport = transport_factory(std::move(options).value(), [queue](TransportEvent&& e) { queue->push(std::move(e)); });
+  if (!transport) return std::move(transport).error();
+  m->transport_ = std::move(transport).value();
+
+  std::vector<Subscription> subs;
+  for (auto channel : {topics::Channel::birth, topics::Channel::death, topics::Channel::telemetry,
+                       topics::Channel::inventory, topics::Channel::result}) {
+    subs.push_back({topics::all_devices(channel), 1});
+  }
+  subs.push_back({topics::manager_rpc(), 1});
+  Connection::Hooks hooks;
+  Manager* self = m.get();
+  hooks.make_will = [self] { return std::optional<Message>(self->presence(false)); };
+  hooks.on_up = [self](bool session_present) {
+    log::info("connected to {} (session {})", self->config_.mqtt.broker, session_present ? "resumed" : "new");
+    self->on_up();
+  };
+  hooks.on_down = [](const std::string& cause) { log::warn("broker connection lost: {}", cause); };
+  m->connection_ = std::make_unique<Connection>(
+      *m->transport_, std::move(subs),
+      Backoff(m->config_.mqtt.reconnect_min, m->config_.mqtt.reconnect_max, static_cast<std::uint64_t>(unix_now_ms())),
+      std::move(hooks));
+  return m;
+}
+
+Manager::Manager(ManagerConfig config, std::unique_ptr<Store> store, Registry registry)
+    : config_(std::move(config)),
+      store_(std::move(store)),
+      registry_(std::move(registry)),
+      queue_(config_.queue_capacity),
+      log_limiter_(config_.log_burst, std::chrono::minutes(1)) {}
+
+Manager::~Manager() = default;
+
+void Manager::run(std::stop_token stop) {
+  started_at_ms_ = unix_now_ms();
+  log::info("manager {} starting with {} devices in the registry ({} marked online)", config_.instance_id,
+            registry_.devices().size(), registry_.online_count());
+  connection_->start(SteadyClock::now());
+  std::vector<TransportEvent> events;
+  events.reserve(config_.max_batch);
+  while (!stop.stop_requested()) {
+    const auto now = SteadyClock::now();
+    auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(connection_->next_deadline() - now);
+    wait = std::clamp(wait, std::chrono::milliseconds(0), std::chrono::milliseconds(200));
+    events.clear();
+    queue_.drain(events, config_.max_batch, wait);
+    if (!events.empty()) handle_batch(events);
+    connection_->tick(SteadyClock::now());
+  }
+  log::info("manager stopping");
+  if (connection_->up()) {
+    (void)transport_->publish(presence(false));
+    (void)transport_->disconnect(std::chrono::milliseconds(2000));
+  }
+  queue_.close();
+}
+
+void Manager::on_up() {
+  if (auto id = transport_->publish(presence(true)); !id) {
+    log::warn("presence publish failed: {}", id.error().message);
+  }
+}
+
+Message Manager::presence(bool online) const {
+  v1::ManagerState state;
+  state.set_schema_version(codec::schema_version);
+  state.set_instance_id(config_.instance_id);
+  state.set_online(online);
+  state.set_since_ms(unix_now_ms());
+  state.set_version(flotilla::version);
+  return Message{topics::manager_state(), codec::encode(state), 1, true, {}, {}};
+}
+
+void Manager::handle_batch(std::vector<TransportEvent>& events) {
+  const auto steady_now = SteadyClock::now();
+  const std::int64_t now_ms = unix_now_ms();
+  Batch batch;
+  std::vector<const Message*> requests;
+  for (auto& e : events) {
+    if (connection_->handle(e, steady_now)) continue;
+    if (auto* r = std::get_if<event::Received>(&e)) {
+      if (r->message.topic == topics::manager_rpc()) {
+        requests.push_back(&r->message);
+      } else {
+        ingest(r->message, now_ms, batch);
+      }
+    } else if (auto* d = std::get_if<event::Delivered>(&e); d != nullptr && !d->status) {
+      count_drop("publish_failed", "", d->status.error().message);
+    }
+  }
+  registry_.flush(batch);
+  if (!batch.empty()) {
+    // Nothing is answered or acted on until the batch is durable: a failed write stops the
+    // manager, and a restart resumes from what RocksDB holds.
+    if (auto st = store_->write(batch, true); !st) {
+      log::error("store write failed, stopping: {}", st.error().message);
+      std::_Exit(74);
+    }
+    ++batches_;
+  }
+  for (const Message* request : requests) answer(*request);
+  for (const auto& device_id : rebirths_due_) {
+    auto id = DeviceId::parse(device_id);
+    if (!id) continue;
+    v1::Command cmd;
+    *cmd.mutable_header() = codec::make_header(*id, 0, ++command_counter_, now_ms);
+    cmd.set_command_id(fmt::format("{}-rebirth-{}-{}", config_.instance_id, started_at_ms_, command_counter_));
+    cmd.set_type("rebirth");
+    cmd.set_expires_at_ms(now_ms + std::chrono::duration_cast<std::chrono::milliseconds>(kRebirthCommandTtl).count());
+    if (auto st = transport_->publish(Message{topics::device(*id, topics::Channel::cmd), codec::encode(cmd), 1, false, {}, {}}); !st) {
+      log::warn("rebirth request to {} not sent: {}", device_id, st.error().message);
+    }
+  }
+  rebirths_due_.clear();
+}
+
+void Manager::ingest(const Message& message, std::int64_t now_ms, Batch& batch) {
+  auto topic = topics::parse_device_topic(message.topic);
+  if (!topic) {
+    count_drop("bad_topic", message.topic.substr(0, 128), topic.error().message);
+    return;
+  }
+  if (message.retained) {
+    // Devices never publish retained messages; replaying one on every resubscribe would
+    // resurrect stale state.
+    count_drop("retained", message.topic, "device messages must not be retained");
+    return;
+  }
+  auto outcome = registry_.ingest(*topic, message.payload, now_ms, batch);
+  if (!outcome.dropped.empty()) {
+    count_drop(outcome.dropped, message.topic, outcome.detail);
+    return;
+  }
+  messages_.fetch_add(1, std::memory_order_relaxed);
+  for (const auto& e : outcome.events) ++events_[e];
+  if (outcome.request_rebirth) request_rebirth(topic->device.str(), now_ms);
+}
+
+void Manager::count_drop(const std::string& reason, const std::string& topic, const std::string& detail) {
+  ++dropped_[reason];
+  std::uint64_t suppressed = 0;
+  if (log_limiter_.allow(reason, SteadyClock::now(), suppressed)) {
+    log::warn("dropped message ({}) on '{}': {}{}", reason, topic, detail,
+              suppressed > 0 ? fmt::format(" [{} more suppressed]", suppressed) : std::string());
+  }
+}
+
+void Manager::request_rebirth(const std::string& device_id, std::int64_t now_ms) {
+  auto& last = last_rebirth_ms_[device_id];
+  const auto interval = std::chrono::duration_cast<std::chrono::milliseconds>(config_.rebirth_interval).count();
+  if (last != 0 && now_ms - last < interval) return;
+  last = now_ms;
+  ++events_["rebirth_requested"];
+  rebirths_due_.push_back(device_id);
+}
+
+void Manager::answer(const Message& request) {
+  if (!request.response_topic.starts_with(kReplyPrefix) || request.response_topic.size() > 256) {
+    count_drop("rpc_bad_reply_topic", request.topic, "requests need a response topic under flotilla/v1/cli/");
+    return;
+  }
+  v1::RpcResponse response;
+  auto decoded = codec::decode<v1::RpcRequest>(request.payload, codec::max_rpc_bytes);
+  if (!decoded) {
+    count_drop("rpc_parse_error", request.topic, decoded.error().message);
+    response = failure(v1::RpcResponse::CODE_INVALID_ARGUMENT, decoded.error().message);
+  } else {
+    response = dispatch(*decoded);
+  }
+  ++events_["rpc"];
+  Message reply{request.response_topic, codec::encode(response), 1, false, {}, request.correlation_data};
+  if (auto st = transport_->publish(reply); !st) log::warn("rpc reply not sent: {}", st.error().message);
+}
+
+v1::RpcResponse Manager::dispatch(const v1::RpcRequest& request) {
+  v1::RpcResponse r;
+  r.set_schema_version(codec::schema_version);
+  const auto& devices = registry_.devices();
+  switch (request.method_case()) {
+    case v1::RpcRequest::kListDevices: {
+      const auto& q = request.list_devices();
+      const std::uint32_t limit = q.limit() == 0 ? kDefaultPage : std::min(q.limit(), kMaxPage);
+      auto* out = r.mutable_list_devices();
+      auto it = q.start_after().empty() ? devices.begin() : devices.upper_bound(q.start_after());
+      for (; it != devices.end() && static_cast<std::uint32_t>(out->devices_size()) < limit; ++it) {
+        *out->add_devices() = it->second;
+      }
+      if (it != devices.end() && out->devices_size() > 0) out->set_next_cursor(out->devices().rbegin()->device_id());
+      out->set_total(devices.size());
+      return r;
+    }
+    case v1::RpcRequest::kGetDevice: {
+      auto id = DeviceId::parse(request.get_device().device_id());
+      if (!id) return failure(v1::RpcResponse::CODE_INVALID_ARGUMENT, id.error().message);
+      const auto* rec = registry_.find(id->str());
+      if (rec == nullptr) return failure(v1::RpcResponse::CODE_NOT_FOUND, fmt::format("device {} is not known", *id));
+      auto* detail = r.mutable_device();
+      *detail->mutable_record() = *rec;
+      for (auto [space, target] : {std::pair<Space, google::protobuf::MessageLite*>{Space::inventory, detail->mutable_inventory()},
+                                   {Space::telemetry, detail->mutable_telemetry()}}) {
+        auto bytes = store_->get(space, id->str());
+        if (!bytes) {
+          if (bytes.error().code != Errc::not_found) {
+            return failure(v1::RpcResponse::CODE_INTERNAL, bytes.error().message);
+          }
+          continue;
+        }
+        if (!target->ParseFromString(*bytes)) {
+          return failure(v1::RpcResponse::CODE_INTERNAL, fmt::format("stored record of {} does not decode", *id));
+        }
+      }
+      return r;
+    }
+    case v1::RpcRequest::kCountDevices: {
+      const std::string& by = request.count_devices().by();
+      const auto fields = countable_fields();
+      if (std::find(fields.begin(), fields.end(), by) == fields.end()) {
+        return failure(v1::RpcResponse::CODE_INVALID_ARGUMENT,
+                       fmt::format("cannot count by '{}'; fields: {}", by, fmt::join(fields, ", ")));
+      }
+      std::map<std::string, std::uint64_t> counts;
+      for (const auto& [id, rec] : devices) ++counts[*field_value(rec, by)];
+      std::vector<std::pair<std::string, std::uint64_t>> sorted(counts.begin(), counts.end());
+      std::sort(sorted.begin(), sorted.end(), [](const auto& a, const auto& b) {
+        return a.second != b.second ? a.second > b.second : a.first < b.first;
+      });
+      auto* out = r.mutable_count_devices();
+      out->set_by(by);
+      for (const auto& [value, count] : sorted) {
+        auto* b = out->add_buckets();
+        b->set_value(value);
+        b->set_count(count);
+      }
+      out->set_total(devices.size());
+      return r;
+    }
+    case v1::RpcRequest::kManagerStats: {
+      *r.mutable_manager_stats() = stats();
+      return r;
+    }
+    case v1::RpcRequest::kRebirth: {
+      auto id = DeviceId::parse(request.rebirth().device_id());
+      if (!id) return failure(v1::RpcResponse::CODE_INVALID_ARGUMENT, id.error().message);
+      if (registry_.find(id->str()) == nullptr) {
+        return failure(v1::RpcResponse::CODE_NOT_FOUND, fmt::format("device {} is not known", *id));
+      }
+      last_rebirth_ms_.erase(id->str());
+      request_rebirth(id->str(), unix_now_ms());
+      r.mutable_rebirth()->set_command_id(
+          fmt::format("{}-rebirth-{}-{}", config_.instance_id, started_at_ms_, command_counter_ + rebirths_due_.size()));
+      return r;
+    }
+    case v1::RpcRequest::METHOD_NOT_SET: break;
+  }
+  return failure(v1::RpcResponse::CODE_INVALID_ARGUMENT, "unknown or missing request method");
+}
+
+v1::ManagerStats Manager::stats() const {
+  v1::ManagerStats s;
+  s.set_instance_id(config_.instance_id);
+  s.set_version(flotilla::version);
+  s.set_started_at_ms(started_at_ms_);
+  s.set_devices(registry_.devices().size());
+  s.set_devices_online(registry_.online_count());
+  s.set_messages_ingested(messages_.load());
+  s.set_batches_written(batches_);
+  for (const auto& [k, v] : dropped_) (*s.mutable_dropped())[k] = v;
+  for (const auto& [k, v] : events_) (*s.mutable_events())[k] = v;
+  return s;
+}
+
+}  // namespace flotilla::manager

@@ -1,0 +1,204 @@
+#include "flotilla/manager/registry.hpp"
+
+#include "flotilla/core/codec.hpp"
+#include "flotilla/manager/presence.hpp"
+#include "flotilla/v1/command.pb.h"
+
+namespace flotilla::manager {
+namespace {
+
+IngestOutcome dropped(std::string reason, std::string detail) {
+  IngestOutcome o;
+  o.dropped = std::move(reason);
+  o.detail = std::move(detail);
+  return o;
+}
+
+std::size_t limit_for(topics::Channel channel) {
+  switch (channel) {
+    case topics::Channel::birth:
+    case topics::Channel::inventory: return codec::max_inventory_bytes;
+    case topics::Channel::telemetry: return codec::max_telemetry_bytes;
+    case topics::Channel::result: return codec::max_command_bytes;
+    default: return codec::max_small_bytes;
+  }
+}
+
+template <typename M>
+Result<M> decode_checked(std::string_view payload, topics::Channel channel, const DeviceId& id,
+                         IngestOutcome& failure) {
+  auto msg = codec::decode<M>(payload, limit_for(channel));
+  if (!msg) {
+    failure = dropped(msg.error().code == Errc::too_large ? "oversized" : "parse_error", msg.error().message);
+    return std::move(msg).error();
+  }
+  if (auto st = codec::check_header(msg->header(), id); !st) {
+    failure = dropped("bad_header", st.error().message);
+    return std::move(st).error();
+  }
+  return msg;
+}
+
+void copy_inventory_summary(const v1::Inventory& inv, v1::DeviceRecord& r) {
+  r.set_os_name(inv.os().name());
+  r.set_os_version(inv.os().version());
+  r.set_os_kernel(inv.os().kernel());
+  r.set_firmware_version(inv.hardware().firmware_version());
+  r.set_hardware_vendor(inv.hardware().vendor());
+  r.set_hardware_model(inv.hardware().model());
+  r.set_package_count(static_cast<std::uint32_t>(inv.packages_size()));
+}
+
+}  // namespace
+
+Result<Registry> Registry::load(const Store& store) {
+  Registry reg;
+  Status decode_status;
+  auto st = store.scan(Space::devices, "", [&](std::string_view key, std::string_view value) {
+    v1::DeviceRecord rec;
+    if (!rec.ParseFromArray(value.data(), static_cast<int>(value.size()))) {
+      decode_status = make_error(Errc::corruption, "device record '{}' does not decode", key);
+      return false;
+    }
+    reg.devices_.emplace(std::string(key), std::move(rec));
+    return true;
+  });
+  if (!st) return std::move(st).error();
+  if (!decode_status) return std::move(decode_status).error();
+  return reg;
+}
+
+v1::DeviceRecord& Registry::record_for(const DeviceId& id, std::int64_t now_ms) {
+  auto [it, inserted] = devices_.try_emplace(id.str());
+  if (inserted) {
+    it->second.set_device_id(id.str());
+    it->second.set_first_seen_ms(now_ms);
+  }
+  return it->second;
+}
+
+void Registry::note_seq(v1::DeviceRecord& r, const v1::Header& h, std::int64_t now_ms, IngestOutcome& outcome) {
+  std::uint64_t missing = 0;
+  switch (apply_seq(r, h.session_epoch(), h.seq(), now_ms, missing)) {
+    case SeqVerdict::in_order: break;
+    case SeqVerdict::gap:
+      outcome.events.emplace_back("seq_gap");
+      outcome.request_rebirth = true;
+      break;
+    case SeqVerdict::duplicate: outcome.events.emplace_back("seq_duplicate"); break;
+    case SeqVerdict::late: outcome.events.emplace_back("late"); break;
+    case SeqVerdict::newer_session:
+      outcome.events.emplace_back("newer_session");
+      outcome.request_rebirth = true;
+      break;
+  }
+}
+
+IngestOutcome Registry::ingest(const topics::DeviceTopic& topic, std::string_view payload, std::int64_t now_ms,
+                               Batch& batch) {
+  IngestOutcome outcome;
+  const DeviceId& id = topic.device;
+  const bool known = devices_.contains(id.str());
+
+  switch (topic.channel) {
+    case topics::Channel::birth: {
+      auto birth = decode_checked<v1::Birth>(payload, topic.channel, id, outcome);
+      if (!birth) return outcome;
+      v1::DeviceRecord& r = record_for(id, now_ms);
+      if (apply_birth(r, birth->header().session_epoch(), birth->header().seq(), now_ms) == BirthVerdict::stale) {
+        return dropped("stale_birth", fmt::format("epoch {} < current {}", birth->header().session_epoch(),
+                                                  r.session_epoch()));
+      }
+      r.set_kind(birth->kind());
+      r.set_agent_version(birth->agent_version());
+      r.set_tenant(birth->tenant());
+      r.set_site(birth->site());
+      r.mutable_tags()->CopyFrom(birth->tags());
+      r.set_gateway_id(birth->gateway_id());
+      r.set_keepalive_s(birth->keepalive_s());
+      r.set_telemetry_interval_s(birth->telemetry_interval_s());
+      if (birth->outbox_dropped() > 0) {
+        r.set_outbox_dropped(r.outbox_dropped() + birth->outbox_dropped());
+        outcome.events.emplace_back("outbox_dropped");
+      }
+      copy_inventory_summary(birth->inventory(), r);
+      batch.put(Space::inventory, id.str(), codec::encode(birth->inventory()));
+      break;
+    }
+    case topics::Channel::death: {
+      auto death = decode_checked<v1::Death>(payload, topic.channel, id, outcome);
+      if (!death) return outcome;
+      v1::DeviceRecord& r = record_for(id, now_ms);
+      switch (apply_death(r, death->header().session_epoch(), now_ms)) {
+        case DeathVerdict::offline: break;
+        case DeathVerdict::stale: outcome.events.emplace_back("stale_death"); break;
+        case DeathVerdict::duplicate: outcome.events.emplace_back("duplicate_death"); break;
+      }
+      break;
+    }
+    case topics::Channel::telemetry: {
+      auto tel = decode_checked<v1::Telemetry>(payload, topic.channel, id, outcome);
+      if (!tel) return outcome;
+      v1::DeviceRecord& r = record_for(id, now_ms);
+      note_seq(r, tel->header(), now_ms, outcome);
+      if (tel->header().timestamp_ms() >= r.last_telemetry_ms()) {
+        r.set_last_telemetry_ms(tel->header().timestamp_ms());
+        batch.put(Space::telemetry, id.str(), std::string(payload));
+      }
+      break;
+    }
+    case topics::Channel::inventory: {
+      auto inv = decode_checked<v1::Inventory>(payload, topic.channel, id, outcome);
+      if (!inv) return outcome;
+      v1::DeviceRecord& r = record_for(id, now_ms);
+      const bool late = inv->header().session_epoch() < r.session_epoch();
+      note_seq(r, inv->header(), now_ms, outcome);
+      if (!late) {
+        copy_inventory_summary(*inv, r);
+        batch.put(Space::inventory, id.str(), std::string(payload));
+      }
+      break;
+    }
+    case topics::Channel::result: {
+      auto result = decode_checked<v1::CommandResult>(payload, topic.channel, id, outcome);
+      if (!result) return outcome;
+      v1::DeviceRecord& r = record_for(id, now_ms);
+      note_seq(r, result->header(), now_ms, outcome);
+      outcome.events.emplace_back("command_result");
+      break;
+    }
+    case topics::Channel::cmd:
+    case topics::Channel::config:
+      return dropped("unexpected_channel", fmt::format("devices do not publish on {}", topics::to_string(topic.channel)));
+  }
+
+  v1::DeviceRecord& r = devices_.at(id.str());
+  if (!known && topic.channel != topics::Channel::birth) {
+    outcome.events.emplace_back("unknown_device");
+    outcome.request_rebirth = true;
+  }
+  r.set_last_seen_ms(now_ms);
+  r.set_messages(r.messages() + 1);
+  dirty_.insert(id.str());
+  return outcome;
+}
+
+void Registry::flush(Batch& batch) {
+  for (const auto& id : dirty_) {
+    batch.put(Space::devices, id, codec::encode(devices_.at(id)));
+  }
+  dirty_.clear();
+}
+
+const v1::DeviceRecord* Registry::find(std::string_view device_id) const {
+  auto it = devices_.find(device_id);
+  return it == devices_.end() ? nullptr : &it->second;
+}
+
+std::size_t Registry::online_count() const {
+  std::size_t n = 0;
+  for (const auto& [id, r] : devices_) n += r.online() ? 1 : 0;
+  return n;
+}
+
+}  // namespace flotilla::manager
