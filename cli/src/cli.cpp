@@ -5,8 +5,8 @@
 #include <cstdint>
 #include <cstdlib>
 #include <exception>
-#include <optional>
 #include <string>
+#include <variant>
 #include <vector>
 
 #include <CLI/CLI.hpp>
@@ -135,6 +135,8 @@ int emit(const Settings& s, const google::protobuf::Message& message, TableFn ta
   return exit_ok;
 }
 
+// Owns the broker connection of one invocation and turns manager replies into Failures.
+// Main thread only.
 class Session {
  public:
   Session(const Settings& settings, RpcClient client) : settings_(settings), client_(std::move(client)) {}
@@ -160,8 +162,13 @@ class Session {
   RpcClient client_;
 };
 
+// Prints the error as one line, even when the text came from the manager with line breaks.
 int fail(const Failure& f, std::ostream& err) {
-  err << "flotilla: " << f.message << '\n';
+  std::string line = f.message;
+  for (char& c : line) {
+    if (c == '\n' || c == '\r') c = ' ';
+  }
+  err << "flotilla: " << line << '\n';
   err.flush();
   return f.code;
 }

@@ -146,8 +146,10 @@ class PahoTransport final : public Transport, private mqtt::iaction_listener {
   Status disconnect(std::chrono::milliseconds timeout) override {
     connected_.store(false);
     try {
-      auto tok = client_.disconnect(static_cast<int>(timeout.count()));
-      if (!tok->wait_for(timeout + std::chrono::milliseconds(200))) {
+      // The token stays owned here until the client is destroyed: Paho's threads may still touch
+      // it after wait_for() returns.
+      disconnect_token_ = client_.disconnect(static_cast<int>(timeout.count()));
+      if (!disconnect_token_->wait_for(timeout + std::chrono::milliseconds(200))) {
         return make_error(Errc::timeout, "disconnect did not complete in {} ms", timeout.count());
       }
     } catch (const mqtt::exception& e) {
@@ -218,6 +220,7 @@ class PahoTransport final : public Transport, private mqtt::iaction_listener {
   TransportOptions options_;
   EventSink sink_;
   mqtt::async_client client_;
+  mqtt::token_ptr disconnect_token_;
   bool tls_ = false;
   std::atomic<bool> connected_{false};
   std::atomic<bool> alive_{true};

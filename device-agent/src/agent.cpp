@@ -56,7 +56,16 @@ Result<std::unique_ptr<Agent>> Agent::create(AgentConfig config, std::vector<std
   auto outbox = Outbox::open(oo);
   if (!outbox) return std::move(outbox).error();
 
+  if ((*outbox)->corrupt_records_skipped() > 0 || (*outbox)->state_was_reset()) {
+    log::warn("outbox recovered from damage: {} records discarded, {} bytes truncated{}",
+              (*outbox)->corrupt_records_skipped(), (*outbox)->corrupt_bytes_truncated(),
+              (*outbox)->state_was_reset() ? ", state reset" : "");
+  }
   std::unique_ptr<Agent> a(new Agent(std::move(config), std::move(collectors), std::move(outbox).value()));
+  auto stream = a->load_stream_id();
+  if (!stream) return std::move(stream).error();
+  a->stream_id_ = *stream;
+  a->protocol_.set_stream(a->stream_id_, a->outbox_->next_id());
   auto options = config::transport_options(a->config_.mqtt);
   if (!options) return std::move(options).error();
   if (options->client_id.empty()) options->client_id = a->config_.device_id;
@@ -116,6 +125,21 @@ Result<std::uint64_t> Agent::next_epoch() {
   return next;
 }
 
+Result<std::uint64_t> Agent::load_stream_id() {
+  // Created once per state directory; a new one tells the manager that stream numbering restarts.
+  const auto path = config_.state_dir / "stream";
+  std::uint64_t id = 0;
+  if (std::ifstream in(path); in) {
+    std::string text;
+    std::getline(in, text);
+    (void)std::from_chars(text.data(), text.data() + text.size(), id);
+  }
+  if (id != 0) return id;
+  while (id == 0) id = rng_();
+  if (auto st = write_file_durably(path, std::to_string(id)); !st) return std::move(st).error();
+  return id;
+}
+
 v1::Inventory Agent::collect_inventory() {
   v1::Inventory inv;
   for (auto& c : collectors_) {
@@ -141,6 +165,7 @@ void Agent::run(std::stop_token stop) {
     events.clear();
     queue_.drain(events, 256, wait);
     for (auto& e : events) handle(e);
+    commit_acks();
     const auto after = SteadyClock::now();
     connection_->tick(after);
     if (after >= next_telemetry_) {
@@ -164,7 +189,7 @@ void Agent::run(std::stop_token stop) {
 void Agent::on_up() {
   log::info("connected to {} as {} (epoch {})", config_.mqtt.broker, config_.device_id, protocol_.epoch());
   birth_reported_dropped_ = outbox_->dropped_unreported();
-  auto birth = protocol_.birth(collect_inventory(), birth_reported_dropped_, unix_now_ms());
+  auto birth = protocol_.birth(collect_inventory(), outbox_->head_id() - 1, birth_reported_dropped_, unix_now_ms());
   if (auto id = transport_->publish(birth); id) {
     birth_op_ = *id;
   } else {
@@ -208,9 +233,16 @@ void Agent::handle(TransportEvent& e) {
       return;
     }
     if (!d->status) log::error("broker refused reading {}: {}; dropping it", record, d->status.error().message);
-    if (auto st = outbox_->ack(record); !st) log::warn("outbox ack: {}", st.error().message);
-    pump();
+    acked_.push_back(record);
   }
+}
+
+void Agent::commit_acks() {
+  if (acked_.empty()) return;
+  // One durable state write for every PUBACK of this reactor turn.
+  if (auto st = outbox_->ack_batch(acked_); !st) log::warn("outbox ack: {}", st.error().message);
+  acked_.clear();
+  pump();
 }
 
 void Agent::on_command(const Message& message) {
@@ -233,7 +265,9 @@ void Agent::on_command(const Message& message) {
     check_inventory(true);
     enqueue(protocol_.result(cmd, v1::CommandResult::STATUS_SUCCEEDED, "inventory sent", {}, unix_now_ms()));
   } else if (cmd.type() == "rebirth") {
-    if (connection_->up()) (void)transport_->publish(protocol_.birth(collect_inventory(), 0, unix_now_ms()));
+    if (connection_->up()) {
+      (void)transport_->publish(protocol_.birth(collect_inventory(), outbox_->head_id() - 1, 0, unix_now_ms()));
+    }
     enqueue(protocol_.result(cmd, v1::CommandResult::STATUS_SUCCEEDED, "birth sent", {}, unix_now_ms()));
   } else {
     enqueue(protocol_.result(cmd, v1::CommandResult::STATUS_REJECTED,
@@ -244,6 +278,8 @@ void Agent::on_command(const Message& message) {
 void Agent::enqueue(const Message& message) {
   if (auto id = outbox_->append(message.topic, message.payload); !id) {
     log::error("outbox append failed: {}", id.error().message);
+    // The reading was neither stored nor sent: its stream seq is free for the next one.
+    protocol_.set_stream(stream_id_, outbox_->next_id());
     return;
   }
   pump();

@@ -5,14 +5,8 @@
 
 namespace flotilla::agent {
 
-void DeviceProtocol::begin_session(std::uint64_t epoch) {
-  epoch_ = epoch;
-  seq_ = 0;
-  birth_sent_ = false;
-}
-
-v1::Header DeviceProtocol::next_header(std::int64_t now_ms) {
-  return codec::make_header(identity_.id, epoch_, ++seq_, now_ms);
+v1::Header DeviceProtocol::reading_header(std::int64_t now_ms) {
+  return codec::make_header(identity_.id, epoch_, next_seq_++, now_ms);
 }
 
 Message DeviceProtocol::will(std::int64_t now_ms) const {
@@ -22,11 +16,10 @@ Message DeviceProtocol::will(std::int64_t now_ms) const {
   return Message{topics::device(identity_.id, topics::Channel::death), codec::encode(death), 1, false, {}, {}};
 }
 
-Message DeviceProtocol::birth(const v1::Inventory& inventory, std::uint64_t outbox_dropped, std::int64_t now_ms) {
+Message DeviceProtocol::birth(const v1::Inventory& inventory, std::uint64_t acked_seq, std::uint64_t outbox_dropped,
+                              std::int64_t now_ms) {
   v1::Birth birth;
-  *birth.mutable_header() =
-      birth_sent_ ? next_header(now_ms) : codec::make_header(identity_.id, epoch_, 0, now_ms);
-  birth_sent_ = true;
+  *birth.mutable_header() = codec::make_header(identity_.id, epoch_, 0, now_ms);
   birth.set_kind(identity_.kind);
   birth.set_agent_version(identity_.agent_version);
   *birth.mutable_inventory() = inventory;
@@ -38,23 +31,25 @@ Message DeviceProtocol::birth(const v1::Inventory& inventory, std::uint64_t outb
   for (const auto& t : identity_.tags) birth.add_tags(t);
   birth.set_outbox_dropped(outbox_dropped);
   birth.set_gateway_id(identity_.gateway_id);
+  birth.set_stream_id(stream_id_);
+  birth.set_stream_acked_seq(acked_seq);
   return Message{topics::device(identity_.id, topics::Channel::birth), codec::encode(birth), 1, false, {}, {}};
 }
 
 Message DeviceProtocol::graceful_death(std::int64_t now_ms) {
   v1::Death death;
-  *death.mutable_header() = next_header(now_ms);
+  *death.mutable_header() = codec::make_header(identity_.id, epoch_, 0, now_ms);
   death.set_reason(v1::Death::REASON_GRACEFUL);
   return Message{topics::device(identity_.id, topics::Channel::death), codec::encode(death), 1, false, {}, {}};
 }
 
 Message DeviceProtocol::telemetry(v1::Telemetry telemetry, std::int64_t now_ms) {
-  *telemetry.mutable_header() = next_header(now_ms);
+  *telemetry.mutable_header() = reading_header(now_ms);
   return Message{topics::device(identity_.id, topics::Channel::telemetry), codec::encode(telemetry), 1, false, {}, {}};
 }
 
 Message DeviceProtocol::inventory(v1::Inventory inventory, std::int64_t now_ms) {
-  *inventory.mutable_header() = next_header(now_ms);
+  *inventory.mutable_header() = reading_header(now_ms);
   return Message{topics::device(identity_.id, topics::Channel::inventory), codec::encode(inventory), 1, false, {}, {}};
 }
 
@@ -65,7 +60,7 @@ DeviceProtocol::CommandDecision DeviceProtocol::on_command(const Message& messag
   if (cmd->command_id().empty() || cmd->command_id().size() > 128) return Ignore{"command id missing or too long"};
   if (auto it = executed_.find(cmd->command_id()); it != executed_.end()) {
     v1::CommandResult again = it->second;
-    *again.mutable_header() = next_header(now_ms);
+    *again.mutable_header() = reading_header(now_ms);
     return Reply{Message{topics::device(identity_.id, topics::Channel::result), codec::encode(again), 1, false, {}, {}}};
   }
   if (cmd->expires_at_ms() != 0 && now_ms > cmd->expires_at_ms()) {
@@ -82,7 +77,7 @@ Message DeviceProtocol::result(const v1::Command& command, v1::CommandResult::St
 Message DeviceProtocol::reply_for(const std::string& command_id, v1::CommandResult::Status status, std::string text,
                                   std::map<std::string, std::string> output, std::int64_t now_ms) {
   v1::CommandResult r;
-  *r.mutable_header() = next_header(now_ms);
+  *r.mutable_header() = reading_header(now_ms);
   r.set_command_id(command_id);
   r.set_status(status);
   r.set_message(std::move(text));

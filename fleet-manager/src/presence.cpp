@@ -2,13 +2,26 @@
 
 namespace flotilla::manager {
 
-BirthVerdict apply_birth(v1::DeviceRecord& r, std::uint64_t epoch, std::uint64_t seq, std::int64_t now_ms) {
-  if (epoch < r.session_epoch()) return BirthVerdict::stale;
+BirthCheck apply_birth(v1::DeviceRecord& r, std::uint64_t epoch, std::uint64_t stream_id,
+                       std::uint64_t stream_acked_seq, std::int64_t now_ms) {
+  BirthCheck check;
+  if (epoch < r.session_epoch()) {
+    check.verdict = BirthVerdict::stale;
+    return check;
+  }
   if (epoch > r.session_epoch() || !r.online()) r.set_connected_since_ms(now_ms);
   r.set_online(true);
   r.set_session_epoch(epoch);
-  r.set_last_seq(seq);
-  return BirthVerdict::accepted;
+  if (stream_id != r.stream_id()) {
+    check.stream_reset = r.stream_id() != 0;
+    r.set_stream_id(stream_id);
+    r.set_last_seq(stream_acked_seq);
+  } else if (stream_acked_seq > r.last_seq()) {
+    check.missing = stream_acked_seq - r.last_seq();
+    r.set_seq_gaps(r.seq_gaps() + check.missing);
+    r.set_last_seq(stream_acked_seq);
+  }
+  return check;
 }
 
 DeathVerdict apply_death(v1::DeviceRecord& r, std::uint64_t epoch, std::int64_t now_ms) {
@@ -20,26 +33,27 @@ DeathVerdict apply_death(v1::DeviceRecord& r, std::uint64_t epoch, std::int64_t 
   return DeathVerdict::offline;
 }
 
-SeqVerdict apply_seq(v1::DeviceRecord& r, std::uint64_t epoch, std::uint64_t seq, std::int64_t now_ms,
-                     std::uint64_t& missing) {
-  missing = 0;
-  if (epoch < r.session_epoch()) return SeqVerdict::late;
+ReadingCheck apply_reading(v1::DeviceRecord& r, std::uint64_t epoch, std::uint64_t seq, std::int64_t now_ms) {
+  ReadingCheck check;
   if (epoch > r.session_epoch()) {
+    check.newer_session = true;
     r.set_session_epoch(epoch);
-    r.set_last_seq(seq);
     r.set_online(true);
     r.set_connected_since_ms(now_ms);
-    return SeqVerdict::newer_session;
+  } else if (epoch < r.session_epoch()) {
+    check.late = true;
   }
-  if (seq <= r.last_seq()) return SeqVerdict::duplicate;
+  if (seq <= r.last_seq()) {
+    check.duplicate = true;
+    return check;
+  }
   if (seq > r.last_seq() + 1) {
-    missing = seq - r.last_seq() - 1;
-    r.set_seq_gaps(r.seq_gaps() + missing);
-    r.set_last_seq(seq);
-    return SeqVerdict::gap;
+    check.missing = seq - r.last_seq() - 1;
+    r.set_seq_gaps(r.seq_gaps() + check.missing);
   }
   r.set_last_seq(seq);
-  return SeqVerdict::in_order;
+  r.set_readings(r.readings() + 1);
+  return check;
 }
 
 }  // namespace flotilla::manager

@@ -77,21 +77,23 @@ v1::DeviceRecord& Registry::record_for(const DeviceId& id, std::int64_t now_ms) 
   return it->second;
 }
 
-void Registry::note_seq(v1::DeviceRecord& r, const v1::Header& h, std::int64_t now_ms, IngestOutcome& outcome) {
-  std::uint64_t missing = 0;
-  switch (apply_seq(r, h.session_epoch(), h.seq(), now_ms, missing)) {
-    case SeqVerdict::in_order: break;
-    case SeqVerdict::gap:
-      outcome.events.emplace_back("seq_gap");
-      outcome.request_rebirth = true;
-      break;
-    case SeqVerdict::duplicate: outcome.events.emplace_back("seq_duplicate"); break;
-    case SeqVerdict::late: outcome.events.emplace_back("late"); break;
-    case SeqVerdict::newer_session:
-      outcome.events.emplace_back("newer_session");
-      outcome.request_rebirth = true;
-      break;
+bool Registry::note_reading(v1::DeviceRecord& r, const v1::Header& h, std::int64_t now_ms, IngestOutcome& outcome) {
+  const auto check = apply_reading(r, h.session_epoch(), h.seq(), now_ms);
+  if (check.newer_session) {
+    outcome.events.emplace_back("newer_session");
+    outcome.request_rebirth = true;
   }
+  if (check.late) outcome.events.emplace_back("late");
+  if (check.duplicate) {
+    outcome.events.emplace_back("duplicate");
+    return false;
+  }
+  if (check.missing > 0) {
+    // A lost reading may have been an inventory change: a birth brings the full picture back.
+    outcome.events.emplace_back("seq_gap");
+    outcome.request_rebirth = true;
+  }
+  return true;
 }
 
 IngestOutcome Registry::ingest(const topics::DeviceTopic& topic, std::string_view payload, std::int64_t now_ms,
@@ -105,10 +107,14 @@ IngestOutcome Registry::ingest(const topics::DeviceTopic& topic, std::string_vie
       auto birth = decode_checked<v1::Birth>(payload, topic.channel, id, outcome);
       if (!birth) return outcome;
       v1::DeviceRecord& r = record_for(id, now_ms);
-      if (apply_birth(r, birth->header().session_epoch(), birth->header().seq(), now_ms) == BirthVerdict::stale) {
+      const auto check = apply_birth(r, birth->header().session_epoch(), birth->stream_id(),
+                                     birth->stream_acked_seq(), now_ms);
+      if (check.verdict == BirthVerdict::stale) {
         return dropped("stale_birth", fmt::format("epoch {} < current {}", birth->header().session_epoch(),
                                                   r.session_epoch()));
       }
+      if (check.stream_reset) outcome.events.emplace_back("stream_reset");
+      if (check.missing > 0) outcome.events.emplace_back("seq_gap");
       r.set_kind(birth->kind());
       r.set_agent_version(birth->agent_version());
       r.set_tenant(birth->tenant());
@@ -140,8 +146,7 @@ IngestOutcome Registry::ingest(const topics::DeviceTopic& topic, std::string_vie
       auto tel = decode_checked<v1::Telemetry>(payload, topic.channel, id, outcome);
       if (!tel) return outcome;
       v1::DeviceRecord& r = record_for(id, now_ms);
-      note_seq(r, tel->header(), now_ms, outcome);
-      if (tel->header().timestamp_ms() >= r.last_telemetry_ms()) {
+      if (note_reading(r, tel->header(), now_ms, outcome) && tel->header().timestamp_ms() >= r.last_telemetry_ms()) {
         r.set_last_telemetry_ms(tel->header().timestamp_ms());
         batch.put(Space::telemetry, id.str(), std::string(payload));
       }
@@ -151,9 +156,8 @@ IngestOutcome Registry::ingest(const topics::DeviceTopic& topic, std::string_vie
       auto inv = decode_checked<v1::Inventory>(payload, topic.channel, id, outcome);
       if (!inv) return outcome;
       v1::DeviceRecord& r = record_for(id, now_ms);
-      const bool late = inv->header().session_epoch() < r.session_epoch();
-      note_seq(r, inv->header(), now_ms, outcome);
-      if (!late) {
+      // Readings arrive in stream order, so a new one is the newest inventory.
+      if (note_reading(r, inv->header(), now_ms, outcome)) {
         copy_inventory_summary(*inv, r);
         batch.put(Space::inventory, id.str(), std::string(payload));
       }
@@ -163,8 +167,7 @@ IngestOutcome Registry::ingest(const topics::DeviceTopic& topic, std::string_vie
       auto result = decode_checked<v1::CommandResult>(payload, topic.channel, id, outcome);
       if (!result) return outcome;
       v1::DeviceRecord& r = record_for(id, now_ms);
-      note_seq(r, result->header(), now_ms, outcome);
-      outcome.events.emplace_back("command_result");
+      if (note_reading(r, result->header(), now_ms, outcome)) outcome.events.emplace_back("command_result");
       break;
     }
     case topics::Channel::cmd:

@@ -74,6 +74,8 @@ std::vector<Golden> goldens() {
          b->set_site("hq");
          b->add_tags("lab");
          b->set_outbox_dropped(3);
+         b->set_stream_id(77);
+         b->set_stream_acked_seq(41);
          return b;
        }},
       {"inventory", [] { return std::make_unique<v1::Inventory>(sample_inventory()); }},
@@ -138,6 +140,8 @@ std::vector<Golden> goldens() {
          r->set_online(true);
          r->set_session_epoch(1700000000000);
          r->set_last_seq(5);
+         r->set_stream_id(77);
+         r->set_readings(5);
          r->set_os_name("Debian GNU/Linux");
          r->set_firmware_version("1.2.3");
          r->set_first_seen_ms(1700000000100);

@@ -7,11 +7,11 @@ using namespace flotilla::manager;
 
 TEST_CASE("epoch rule: a stale Will after a session takeover is ignored") {
   v1::DeviceRecord r;
-  CHECK(apply_birth(r, 100, 0, 1000) == BirthVerdict::accepted);
+  CHECK(apply_birth(r, 100, 1, 0, 1000).verdict == BirthVerdict::accepted);
   CHECK(r.online());
   CHECK(r.connected_since_ms() == 1000);
   // The device reconnects (takeover): new session 101 is born before the old Will arrives.
-  CHECK(apply_birth(r, 101, 0, 2000) == BirthVerdict::accepted);
+  CHECK(apply_birth(r, 101, 1, 0, 2000).verdict == BirthVerdict::accepted);
   CHECK(apply_death(r, 100, 2001) == DeathVerdict::stale);
   CHECK(r.online());
   CHECK(r.session_epoch() == 101);
@@ -21,40 +21,69 @@ TEST_CASE("epoch rule: a stale Will after a session takeover is ignored") {
   CHECK(r.disconnected_at_ms() == 3000);
   CHECK(apply_death(r, 101, 3001) == DeathVerdict::duplicate);
   // A birth older than the newest session is stale and changes nothing.
-  CHECK(apply_birth(r, 100, 0, 4000) == BirthVerdict::stale);
+  CHECK(apply_birth(r, 100, 1, 0, 4000).verdict == BirthVerdict::stale);
   CHECK_FALSE(r.online());
   // Rebirth within the same session keeps it online.
-  CHECK(apply_birth(r, 102, 0, 5000) == BirthVerdict::accepted);
-  CHECK(apply_birth(r, 102, 7, 5001) == BirthVerdict::accepted);
+  CHECK(apply_birth(r, 102, 1, 0, 5000).verdict == BirthVerdict::accepted);
+  CHECK(apply_birth(r, 102, 1, 0, 5001).verdict == BirthVerdict::accepted);
   CHECK(r.connected_since_ms() == 5000);
-  CHECK(r.last_seq() == 7);
 }
 
 TEST_CASE("death for a session whose birth was never seen still marks offline") {
   v1::DeviceRecord r;
-  CHECK(apply_birth(r, 5, 0, 10) == BirthVerdict::accepted);
+  CHECK(apply_birth(r, 5, 1, 0, 10).verdict == BirthVerdict::accepted);
   CHECK(apply_death(r, 9, 20) == DeathVerdict::offline);
   CHECK_FALSE(r.online());
   CHECK(r.session_epoch() == 9);
 }
 
-TEST_CASE("sequence tracking: in order, gaps, duplicates, late and newer sessions") {
+TEST_CASE("reading stream: in order, gaps, duplicates, late and newer sessions") {
   v1::DeviceRecord r;
-  std::uint64_t missing = 0;
-  REQUIRE(apply_birth(r, 10, 0, 0) == BirthVerdict::accepted);
-  CHECK(apply_seq(r, 10, 1, 0, missing) == SeqVerdict::in_order);
-  CHECK(apply_seq(r, 10, 2, 0, missing) == SeqVerdict::in_order);
-  CHECK(apply_seq(r, 10, 6, 0, missing) == SeqVerdict::gap);
-  CHECK(missing == 3);
+  REQUIRE(apply_birth(r, 10, 77, 0, 0).verdict == BirthVerdict::accepted);
+  CHECK(r.stream_id() == 77);
+  auto c = apply_reading(r, 10, 1, 0);
+  CHECK_FALSE(c.duplicate);
+  CHECK(c.missing == 0);
+  CHECK(apply_reading(r, 10, 2, 0).missing == 0);
+  c = apply_reading(r, 10, 6, 0);
+  CHECK(c.missing == 3);
   CHECK(r.seq_gaps() == 3);
-  CHECK(apply_seq(r, 10, 6, 0, missing) == SeqVerdict::duplicate);
-  CHECK(apply_seq(r, 10, 4, 0, missing) == SeqVerdict::duplicate);
-  CHECK(apply_seq(r, 9, 50, 0, missing) == SeqVerdict::late);
-  CHECK(r.last_seq() == 6);
-  CHECK(apply_seq(r, 11, 3, 77, missing) == SeqVerdict::newer_session);
+  CHECK(apply_reading(r, 10, 6, 0).duplicate);
+  CHECK(apply_reading(r, 10, 4, 0).duplicate);
+  CHECK(r.readings() == 3);
+  // Readings produced in an earlier session arrive from the outbox after a reconnect.
+  c = apply_reading(r, 9, 7, 0);
+  CHECK(c.late);
+  CHECK_FALSE(c.duplicate);
+  CHECK(r.last_seq() == 7);
+  c = apply_reading(r, 11, 8, 55);
+  CHECK(c.newer_session);
   CHECK(r.session_epoch() == 11);
   CHECK(r.online());
-  CHECK(r.connected_since_ms() == 77);
-  CHECK(apply_seq(r, 11, 4, 0, missing) == SeqVerdict::in_order);
+  CHECK(r.connected_since_ms() == 55);
+  CHECK(r.seq_gaps() == 3);
+  CHECK(r.readings() == 5);
+}
+
+TEST_CASE("birth: acknowledged readings that never arrived are missing; a new stream restarts counting") {
+  v1::DeviceRecord r;
+  apply_birth(r, 1, 500, 10, 0);
+  CHECK(r.last_seq() == 10);  // a device new to the manager: its history before the birth is not owed
+  CHECK(r.seq_gaps() == 0);
+  apply_reading(r, 1, 11, 0);
+  // Reconnect: the broker acknowledged up to 14, but 12..14 never reached the manager.
+  auto b = apply_birth(r, 2, 500, 14, 0);
+  CHECK(b.missing == 3);
+  CHECK(r.seq_gaps() == 3);
+  // Backlog still in the outbox (15, 16) follows the birth and is accepted in order.
+  CHECK(apply_reading(r, 1, 15, 0).late);
+  CHECK(apply_reading(r, 1, 16, 0).missing == 0);
+  // A reinstalled device starts a new stream at 1: not duplicates, not gaps.
+  b = apply_birth(r, 3, 900, 0, 0);
+  CHECK(b.stream_reset);
+  CHECK(b.missing == 0);
+  auto c = apply_reading(r, 3, 1, 0);
+  CHECK_FALSE(c.duplicate);
+  CHECK(c.missing == 0);
   CHECK(r.seq_gaps() == 3);
 }

@@ -22,26 +22,32 @@ Message command_for(const std::string& device, const std::string& id, const std:
 
 }  // namespace
 
-TEST_CASE("each session starts with birth seq 0; later messages count up; the Will carries the epoch") {
+TEST_CASE("births and deaths carry the epoch; readings carry the durable stream seq across sessions") {
   DeviceProtocol p(ident());
+  p.set_stream(42, 100);
   p.begin_session(1000);
   auto will = codec::decode<v1::Death>(p.will(1).payload, codec::max_small_bytes).value();
   CHECK(will.header().session_epoch() == 1000);
+  CHECK(will.header().seq() == 0);
   CHECK(will.reason() == v1::Death::REASON_CONNECTION_LOST);
-  auto birth = codec::decode<v1::Birth>(p.birth({}, 4, 2).payload, codec::max_inventory_bytes).value();
+  auto birth = codec::decode<v1::Birth>(p.birth({}, 97, 4, 2).payload, codec::max_inventory_bytes).value();
   CHECK(birth.header().seq() == 0);
+  CHECK(birth.stream_id() == 42);
+  CHECK(birth.stream_acked_seq() == 97);
   CHECK(birth.outbox_dropped() == 4);
   CHECK(birth.inventory().header().session_epoch() == 1000);
   auto t1 = codec::decode<v1::Telemetry>(p.telemetry({}, 3).payload, codec::max_telemetry_bytes).value();
-  auto t2 = codec::decode<v1::Telemetry>(p.telemetry({}, 4).payload, codec::max_telemetry_bytes).value();
-  CHECK(t1.header().seq() == 1);
-  CHECK(t2.header().seq() == 2);
-  auto rebirth = codec::decode<v1::Birth>(p.birth({}, 0, 5).payload, codec::max_inventory_bytes).value();
-  CHECK(rebirth.header().seq() == 3);
+  auto t2 = codec::decode<v1::Inventory>(p.inventory({}, 4).payload, codec::max_inventory_bytes).value();
+  CHECK(t1.header().seq() == 100);
+  CHECK(t2.header().seq() == 101);
   p.begin_session(1001);
-  auto next = codec::decode<v1::Birth>(p.birth({}, 0, 6).payload, codec::max_inventory_bytes).value();
-  CHECK(next.header().seq() == 0);
-  CHECK(next.header().session_epoch() == 1001);
+  auto t3 = codec::decode<v1::Telemetry>(p.telemetry({}, 5).payload, codec::max_telemetry_bytes).value();
+  CHECK(t3.header().seq() == 102);
+  CHECK(t3.header().session_epoch() == 1001);
+  auto death = codec::decode<v1::Death>(p.graceful_death(6).payload, codec::max_small_bytes).value();
+  CHECK(death.header().seq() == 0);
+  CHECK(death.reason() == v1::Death::REASON_GRACEFUL);
+  CHECK(p.next_seq() == 103);
 }
 
 TEST_CASE("commands: duplicates answered from memory, expired rejected, foreign or garbage ignored") {

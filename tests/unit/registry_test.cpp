@@ -52,7 +52,7 @@ v1::Inventory inventory(const std::string& firmware) {
 TEST_CASE("birth, telemetry and death update the record and the store") {
   Fixture f;
   f.device.begin_session(100);
-  auto out = f.feed(f.device.birth(inventory("1.2.3"), 0, 1000));
+  auto out = f.feed(f.device.birth(inventory("1.2.3"), 0, 0, 1000));
   CHECK(out.dropped.empty());
   const auto* r = f.registry.find("dev-1");
   REQUIRE(r != nullptr);
@@ -84,13 +84,14 @@ TEST_CASE("birth, telemetry and death update the record and the store") {
   REQUIRE(again != nullptr);
   CHECK_FALSE(again->online());
   CHECK(again->messages() == 3);
+  CHECK(again->readings() == 1);
   CHECK(again->session_epoch() == 100);
 }
 
 TEST_CASE("late readings from the outbox do not overwrite newer telemetry") {
   Fixture f;
   f.device.begin_session(100);
-  f.feed(f.device.birth(inventory("1.0"), 0, 1000));
+  f.feed(f.device.birth(inventory("1.0"), 0, 0, 1000));
   v1::Telemetry newer;
   newer.set_cpu_percent(1);
   f.feed(f.device.telemetry(newer, 5000));
@@ -101,21 +102,33 @@ TEST_CASE("late readings from the outbox do not overwrite newer telemetry") {
   older.set_cpu_percent(99);
   auto out = f.feed(old.telemetry(older, 4000));
   CHECK(out.dropped.empty());
-  REQUIRE(out.events.size() == 1);
-  CHECK(out.events[0] == "late");
+  CHECK(std::find(out.events.begin(), out.events.end(), "late") != out.events.end());
   v1::Telemetry stored;
   REQUIRE(stored.ParseFromString(f.store->get(Space::telemetry, "dev-1").value()));
   CHECK(stored.cpu_percent() == 1);
 }
 
+TEST_CASE("a duplicate reading is not applied twice") {
+  Fixture f;
+  f.device.begin_session(3);
+  f.feed(f.device.birth(inventory("1.0"), 0, 0, 1000));
+  v1::Telemetry t;
+  t.set_cpu_percent(10);
+  const auto m = f.device.telemetry(t, 2000);
+  f.feed(m);
+  auto again = f.feed(m);
+  CHECK(std::find(again.events.begin(), again.events.end(), "duplicate") != again.events.end());
+  CHECK(f.registry.find("dev-1")->readings() == 1);
+}
+
 TEST_CASE("a sequence gap is counted and asks for a rebirth; unknown devices too") {
   Fixture f;
   f.device.begin_session(7);
-  f.feed(f.device.birth(inventory("1.0"), 0, 1000));
+  f.feed(f.device.birth(inventory("1.0"), 0, 0, 1000));
   (void)f.device.telemetry({}, 1100);  // lost on the way
   (void)f.device.telemetry({}, 1200);  // lost on the way
   auto out = f.feed(f.device.telemetry({}, 1300));
-  CHECK(out.request_rebirth);
+  CHECK(std::find(out.events.begin(), out.events.end(), "seq_gap") != out.events.end());
   CHECK(f.registry.find("dev-1")->seq_gaps() == 2);
 
   agent::DeviceProtocol stranger{agent::Identity{.id = DeviceId::parse("dev-2").value()}};
@@ -146,10 +159,10 @@ TEST_CASE("malformed, oversized and out-of-contract payloads are dropped with a 
 TEST_CASE("a stale birth does not change presence or inventory") {
   Fixture f;
   f.device.begin_session(50);
-  f.feed(f.device.birth(inventory("2.0"), 0, 1000));
+  f.feed(f.device.birth(inventory("2.0"), 0, 0, 1000));
   agent::DeviceProtocol old = f.device;
   old.begin_session(40);
-  auto out = f.feed(old.birth(inventory("1.0"), 0, 900));
+  auto out = f.feed(old.birth(inventory("1.0"), 0, 0, 900));
   CHECK(out.dropped == "stale_birth");
   CHECK(f.registry.find("dev-1")->firmware_version() == "2.0");
 }

@@ -72,6 +72,8 @@ Result<std::unique_ptr<Simulator>> Simulator::create(SimConfig config, Transport
                              {"simulated"}, {}, static_cast<std::uint32_t>(c.mqtt.keepalive.count()),
                              static_cast<std::uint32_t>(std::chrono::duration_cast<std::chrono::seconds>(c.telemetry_interval).count())};
     d->protocol = std::make_unique<agent::DeviceProtocol>(std::move(identity));
+    // Simulated devices keep no durable state: each run is a new reading stream.
+    d->protocol->set_stream((s.rng() | 1), 1);
     auto options = config::transport_options(c.mqtt);
     if (!options) return std::move(options).error();
     options->client_id = id->str();
@@ -90,7 +92,8 @@ Result<std::unique_ptr<Simulator>> Simulator::create(SimConfig config, Transport
     };
     hooks.on_up = [dev, state](bool) {
       state->connected.fetch_add(1);
-      (void)dev->transport->publish(dev->protocol->birth(dev->model.inventory, 0, unix_now_ms()));
+      (void)dev->transport->publish(
+          dev->protocol->birth(dev->model.inventory, dev->protocol->next_seq() - 1, 0, unix_now_ms()));
     };
     hooks.on_down = [state](const std::string&) { state->connected.fetch_sub(1); };
     const auto& id_str = dev->protocol->identity().id;
@@ -123,7 +126,7 @@ void Simulator::handle(Device& d, TransportEvent& e) {
     (void)d.transport->publish(d.protocol->inventory(d.model.inventory, now));
     result = d.protocol->result(cmd, v1::CommandResult::STATUS_SUCCEEDED, "inventory sent", {}, now);
   } else if (cmd.type() == "rebirth") {
-    (void)d.transport->publish(d.protocol->birth(d.model.inventory, 0, now));
+    (void)d.transport->publish(d.protocol->birth(d.model.inventory, d.protocol->next_seq() - 1, 0, now));
     result = d.protocol->result(cmd, v1::CommandResult::STATUS_SUCCEEDED, "birth sent", {}, now);
   } else {
     result = d.protocol->result(cmd, v1::CommandResult::STATUS_REJECTED,

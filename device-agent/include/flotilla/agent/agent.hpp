@@ -37,6 +37,7 @@ class Agent {
   Agent(AgentConfig config, std::vector<std::unique_ptr<Collector>> collectors, std::unique_ptr<Outbox> outbox);
 
   Result<std::uint64_t> next_epoch();
+  Result<std::uint64_t> load_stream_id();
   v1::Inventory collect_inventory();
   void on_up();
   void on_down();
@@ -44,6 +45,7 @@ class Agent {
   void on_command(const Message& message);
   void enqueue(const Message& message);
   void pump();
+  void commit_acks();
   void sample_telemetry();
   void check_inventory(bool force);
 
@@ -55,10 +57,12 @@ class Agent {
   std::unique_ptr<Transport> transport_;
   std::unique_ptr<Connection> connection_;
   std::mt19937_64 rng_;
+  std::uint64_t stream_id_ = 0;
 
   // Publishes in flight: transport operation id -> outbox record id.
   std::map<OperationId, std::uint64_t> inflight_;
   std::uint64_t last_sent_record_ = 0;
+  std::vector<std::uint64_t> acked_;  // delivered this turn, committed together
   OperationId birth_op_ = 0;
   std::uint64_t birth_reported_dropped_ = 0;
   std::string last_inventory_;  // serialized inventory last published, for change detection

@@ -37,15 +37,26 @@ class DeviceProtocol {
 
   const Identity& identity() const { return identity_; }
   std::uint64_t epoch() const { return epoch_; }
-  std::uint64_t seq() const { return seq_; }
+  std::uint64_t stream_id() const { return stream_id_; }
+  // Stream seq the next reading will carry.
+  std::uint64_t next_seq() const { return next_seq_; }
 
-  // Starts session `epoch` (must be larger than any before): the birth will carry seq 0.
-  void begin_session(std::uint64_t epoch);
+  // Starts session `epoch` (must be larger than any before).
+  void begin_session(std::uint64_t epoch) { epoch_ = epoch; }
+  // Sets the reading stream: its id and the seq of the next reading. The agent takes both from
+  // its durable state so they survive restarts; it resets next_seq after a failed append, since
+  // a reading that was never stored was never sent either.
+  void set_stream(std::uint64_t stream_id, std::uint64_t next_seq) {
+    stream_id_ = stream_id;
+    next_seq_ = next_seq;
+  }
 
   // The Will for the current session: a Death with reason CONNECTION_LOST and its epoch.
   Message will(std::int64_t now_ms) const;
-  // Birth for the current session: seq 0 the first time, the next seq for a rebirth.
-  Message birth(const v1::Inventory& inventory, std::uint64_t outbox_dropped, std::int64_t now_ms);
+  // Birth for the current session. `acked_seq`: every reading up to it was acknowledged by the
+  // broker; `outbox_dropped`: readings dropped by the outbox bound and not yet reported.
+  Message birth(const v1::Inventory& inventory, std::uint64_t acked_seq, std::uint64_t outbox_dropped,
+                std::int64_t now_ms);
   Message graceful_death(std::int64_t now_ms);
   Message telemetry(v1::Telemetry telemetry, std::int64_t now_ms);
   Message inventory(v1::Inventory inventory, std::int64_t now_ms);
@@ -68,7 +79,7 @@ class DeviceProtocol {
                  std::map<std::string, std::string> output, std::int64_t now_ms);
 
  private:
-  v1::Header next_header(std::int64_t now_ms);
+  v1::Header reading_header(std::int64_t now_ms);
   Message reply_for(const std::string& command_id, v1::CommandResult::Status status, std::string text,
                     std::map<std::string, std::string> output, std::int64_t now_ms);
 
@@ -76,8 +87,8 @@ class DeviceProtocol {
 
   Identity identity_;
   std::uint64_t epoch_ = 0;
-  std::uint64_t seq_ = 0;
-  bool birth_sent_ = false;
+  std::uint64_t stream_id_ = 1;
+  std::uint64_t next_seq_ = 1;
   // Results of recently executed commands, for answering redeliveries without executing again.
   std::map<std::string, v1::CommandResult> executed_;
   std::deque<std::string> executed_order_;

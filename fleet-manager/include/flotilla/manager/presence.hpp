@@ -1,13 +1,19 @@
 #pragma once
-// The session-epoch rule (Sparkplug's bdSeq idea) and per-session sequence tracking, as pure
-// functions over a DeviceRecord. No I/O; time comes in as an argument.
+// Presence (the session-epoch rule, Sparkplug's bdSeq idea) and reading-stream accounting, as
+// pure functions over a DeviceRecord. No I/O; time comes in as an argument.
 //
-// - A birth opens session `epoch`. A birth older than the newest seen is stale and ignored.
-// - A death (graceful or the broker-published Will) closes only the session it names: a death
-//   for an older epoch, e.g. the Will of a connection that was taken over, is stale and ignored.
-// - Data messages carry (epoch, seq). In the current session seq must grow by one; a jump is a
-//   gap (messages lost), a repeat is a duplicate. Older epochs are late deliveries from the
-//   device's outbox; a newer epoch means the birth was missed, so the manager asks for a rebirth.
+// Presence:
+// - A birth opens session `epoch`. A birth older than the newest session seen is stale.
+// - A death (graceful, or the Will the broker publishes) closes only the session it names: the
+//   Will of a connection that was taken over names an older epoch and is ignored.
+// - A reading from an epoch newer than any birth seen means the birth was missed: the device is
+//   online, and the manager asks it for a rebirth.
+//
+// Readings (telemetry, inventory, results) carry a stream sequence number that only grows per
+// device across sessions and restarts. A reading at or below the highest seen is a duplicate and
+// is not applied; a jump counts the readings in between as missing. A birth states the stream it
+// belongs to and how far the broker has acknowledged it: a new stream id restarts the count, and
+// an acknowledged position past what arrived means readings were lost after the broker took them.
 
 #include <cstdint>
 
@@ -17,12 +23,23 @@ namespace flotilla::manager {
 
 enum class BirthVerdict { accepted, stale };
 enum class DeathVerdict { offline, stale, duplicate };
-enum class SeqVerdict { in_order, gap, duplicate, late, newer_session };
 
-BirthVerdict apply_birth(v1::DeviceRecord& record, std::uint64_t epoch, std::uint64_t seq, std::int64_t now_ms);
+struct BirthCheck {
+  BirthVerdict verdict = BirthVerdict::accepted;
+  bool stream_reset = false;  // a different stream id than before: counting restarts
+  std::uint64_t missing = 0;  // acknowledged readings that never arrived
+};
+
+struct ReadingCheck {
+  bool duplicate = false;      // already applied: skip
+  std::uint64_t missing = 0;   // readings skipped over by this one
+  bool late = false;           // produced in an earlier session (delivered from the outbox)
+  bool newer_session = false;  // from a session whose birth was not seen
+};
+
+BirthCheck apply_birth(v1::DeviceRecord& record, std::uint64_t epoch, std::uint64_t stream_id,
+                       std::uint64_t stream_acked_seq, std::int64_t now_ms);
 DeathVerdict apply_death(v1::DeviceRecord& record, std::uint64_t epoch, std::int64_t now_ms);
-// `missing` receives the number of messages skipped when the verdict is gap.
-SeqVerdict apply_seq(v1::DeviceRecord& record, std::uint64_t epoch, std::uint64_t seq, std::int64_t now_ms,
-                     std::uint64_t& missing);
+ReadingCheck apply_reading(v1::DeviceRecord& record, std::uint64_t epoch, std::uint64_t seq, std::int64_t now_ms);
 
 }  // namespace flotilla::manager

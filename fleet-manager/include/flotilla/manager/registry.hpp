@@ -25,8 +25,8 @@ struct IngestOutcome {
   // bad_header, unexpected_channel, stale_birth.
   std::string dropped;
   std::string detail;  // human-readable, for the rate-limited log
-  // Noteworthy but accepted: seq_gap, seq_duplicate, late, newer_session, stale_death,
-  // duplicate_death, unknown_device, outbox_dropped, command_result.
+  // Noteworthy but accepted: seq_gap, duplicate, late, newer_session, stream_reset,
+  // stale_death, duplicate_death, unknown_device, outbox_dropped, command_result.
   std::vector<std::string> events;
   // The manager should ask this device to publish its birth again.
   bool request_rebirth = false;
@@ -48,7 +48,8 @@ class Registry {
 
  private:
   v1::DeviceRecord& record_for(const DeviceId& id, std::int64_t now_ms);
-  void note_seq(v1::DeviceRecord& r, const v1::Header& h, std::int64_t now_ms, IngestOutcome& outcome);
+  // Applies stream accounting; false when the reading is a duplicate and must not be applied.
+  bool note_reading(v1::DeviceRecord& r, const v1::Header& h, std::int64_t now_ms, IngestOutcome& outcome);
 
   std::map<std::string, v1::DeviceRecord, std::less<>> devices_;
   std::set<std::string, std::less<>> dirty_;
