@@ -86,7 +86,7 @@ alive() {  # pid: running and not a zombie
 }
 
 stop_process() {  # name: SIGTERM, then SIGKILL after 10 s; always reaps
-  local name="$1" pid="${pids[$1]:-}" i
+  local name="$1" pid="${pids[$1]:-}" i status=0
   [[ -n "$pid" ]] || return 0
   if alive "$pid"; then
     kill -TERM "$pid" 2>/dev/null || true
@@ -99,8 +99,12 @@ stop_process() {  # name: SIGTERM, then SIGKILL after 10 s; always reaps
       kill -KILL "$pid" 2>/dev/null || true
     fi
   fi
-  wait "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || status=$?
   unset "pids[$name]"
+  # 143: ended by our SIGTERM without handling it; anything else but 0 deserves a look.
+  if ((status != 0 && status != 143)); then
+    say "warning: $name exited with status $status while stopping; see $logs/$name.log"
+  fi
 }
 
 # shellcheck disable=SC2317  # invoked by the EXIT trap
@@ -109,7 +113,7 @@ cleanup() {
   trap - EXIT
   trap '' INT TERM USR1  # a second Ctrl-C must not leave children behind
   if ((${#pids[@]} > 0)); then
-    say "stopping ${!pids[*]}"
+    say "stopping the demo's processes"
     for name in sim agent manager mosquitto; do stop_process "$name"; done
     say "stopped; logs are in $logs"
   fi

@@ -221,7 +221,8 @@ int devices_show(Session& session, const Invocation& inv, const Settings& s, std
   auto reply = session.call(request, v1::RpcResponse::kDevice, fmt::format("device {}", inv.device_id));
   if (auto* f = std::get_if<Failure>(&reply)) return fail(*f, err);
   const auto& detail = std::get<v1::RpcResponse>(reply).device();
-  return emit(s, detail, [&] { return render_device_detail(detail, unix_now_ms()); }, out, err);
+  return emit(
+      s, detail, [&] { return render_device_detail(detail, unix_now_ms()); }, out, err);
 }
 
 int devices_count(Session& session, const Invocation& inv, const Settings& s, std::ostream& out, std::ostream& err) {
@@ -230,7 +231,8 @@ int devices_count(Session& session, const Invocation& inv, const Settings& s, st
   auto reply = session.call(request, v1::RpcResponse::kCountDevices, fmt::format("count by {}", inv.by));
   if (auto* f = std::get_if<Failure>(&reply)) return fail(*f, err);
   const auto& counts = std::get<v1::RpcResponse>(reply).count_devices();
-  return emit(s, counts, [&] { return render_count_table(counts); }, out, err);
+  return emit(
+      s, counts, [&] { return render_count_table(counts); }, out, err);
 }
 
 int devices_rebirth(Session& session, const Invocation& inv, const Settings& s, std::ostream& out, std::ostream& err) {
@@ -239,7 +241,8 @@ int devices_rebirth(Session& session, const Invocation& inv, const Settings& s, 
   auto reply = session.call(request, v1::RpcResponse::kRebirth, fmt::format("rebirth of {}", inv.device_id));
   if (auto* f = std::get_if<Failure>(&reply)) return fail(*f, err);
   const auto& rebirth = std::get<v1::RpcResponse>(reply).rebirth();
-  return emit(s, rebirth, [&] { return rebirth.command_id() + "\n"; }, out, err);
+  return emit(
+      s, rebirth, [&] { return rebirth.command_id() + "\n"; }, out, err);
 }
 
 int manager_status(Session& session, const Settings& s, std::ostream& out, std::ostream& err) {
@@ -248,7 +251,8 @@ int manager_status(Session& session, const Settings& s, std::ostream& out, std::
   auto reply = session.call(request, v1::RpcResponse::kManagerStats, "manager status");
   if (auto* f = std::get_if<Failure>(&reply)) return fail(*f, err);
   const auto& stats = std::get<v1::RpcResponse>(reply).manager_stats();
-  return emit(s, stats, [&] { return render_manager_stats(stats, unix_now_ms()); }, out, err);
+  return emit(
+      s, stats, [&] { return render_manager_stats(stats, unix_now_ms()); }, out, err);
 }
 
 int execute(const Invocation& inv, std::ostream& out, std::ostream& err) {
@@ -328,11 +332,13 @@ int run(int argc, char** argv, std::ostream& out, std::ostream& err) {
   app.add_option("--config", inv.config_file, "TOML file with an [mqtt] section and an optional `output` key")
       ->envname("FLOTILLA_CONFIG")
       ->type_name("FILE");
-  app.add_option("--broker", inv.broker, "Broker URI, mqtt://host:port or mqtts://host:port "
-                                         "(default mqtt://127.0.0.1:1883)")
+  app.add_option("--broker", inv.broker,
+                 "Broker URI, mqtt://host:port or mqtts://host:port "
+                 "(default mqtt://127.0.0.1:1883)")
       ->type_name("URI");
-  app.add_option("--username", inv.username, "Broker username, also names the reply topic "
-                                             "(default flotilla-operator)")
+  app.add_option("--username", inv.username,
+                 "Broker username, also names the reply topic "
+                 "(default flotilla-operator)")
       ->type_name("NAME");
   app.add_option("--password-file", inv.password_file, "File holding the broker password (must not be world-readable)")
       ->type_name("FILE");
@@ -349,8 +355,10 @@ int run(int argc, char** argv, std::ostream& out, std::ostream& err) {
   auto* show = devices->add_subcommand("show", "Show one device: record, inventory summary, latest telemetry");
   show->add_option("id", inv.device_id, "Device id")->required();
   auto* count = devices->add_subcommand("count", "Count devices grouped by a field");
-  count->add_option("--by", inv.by, "Field: kind, online, os.name, os.version, os.kernel, firmware.version, "
-                                    "hardware.vendor, hardware.model, tenant, site, agent.version, gateway")
+  count
+      ->add_option("--by", inv.by,
+                   "Field: kind, online, os.name, os.version, os.kernel, firmware.version, "
+                   "hardware.vendor, hardware.model, tenant, site, agent.version, gateway")
       ->required()
       ->type_name("FIELD");
   auto* rebirth = devices->add_subcommand("rebirth", "Ask a device to republish its birth (identity and inventory)");

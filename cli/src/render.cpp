@@ -112,9 +112,9 @@ void append_telemetry(std::string& out, const v1::Telemetry& t, std::int64_t now
               {"Load", fmt::format("{:.2f} {:.2f} {:.2f}", t.load1(), t.load5(), t.load15())}};
   if (t.memory_total_bytes() > 0) {
     const auto used = t.memory_total_bytes() - std::min(t.memory_available_bytes(), t.memory_total_bytes());
-    fields.push_back({"Memory", fmt::format("{} used of {} ({})", format_bytes(used),
-                                            format_bytes(t.memory_total_bytes()),
-                                            used_share(used, t.memory_total_bytes()))});
+    fields.push_back(
+        {"Memory", fmt::format("{} used of {} ({})", format_bytes(used), format_bytes(t.memory_total_bytes()),
+                               used_share(used, t.memory_total_bytes()))});
   }
   if (t.swap_total_bytes() > 0) {
     const auto used = t.swap_total_bytes() - std::min(t.swap_free_bytes(), t.swap_total_bytes());

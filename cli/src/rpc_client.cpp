@@ -74,8 +74,8 @@ struct RpcClient::Impl {
 
   std::string manager_hint() const {
     if (!state) return fmt::format("no manager has announced itself on {} (is flotilla-manager running?)", state_topic);
-    const std::string name =
-        state->instance_id().empty() ? std::string("the manager") : "manager " + state->instance_id();
+    const std::string name = state->instance_id().empty() ? std::string("the manager")
+                                                          : "manager " + state->instance_id();
     if (!state->online()) {
       if (state->since_ms() <= 0) return fmt::format("{} is offline", name);
       return fmt::format("{} is offline (since {})", name, format_age(state->since_ms(), unix_now_ms()));

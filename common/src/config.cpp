@@ -195,8 +195,7 @@ Status read_mqtt(TomlReader& r, MqttConfig& c) {
                   r.read("mqtt.session_expiry", c.session_expiry), r.read("mqtt.connect_timeout", c.connect_timeout),
                   r.read("mqtt.reconnect_min", c.reconnect_min), r.read("mqtt.reconnect_max", c.reconnect_max),
                   r.read("mqtt.tls.ca_file", c.tls_ca_file), r.read("mqtt.tls.cert_file", c.tls_cert_file),
-                  r.read("mqtt.tls.key_file", c.tls_key_file),
-                  r.read("mqtt.tls.verify_server", c.tls_verify_server)}) {
+                  r.read("mqtt.tls.key_file", c.tls_key_file), r.read("mqtt.tls.verify_server", c.tls_verify_server)}) {
     if (!st) return st;
   }
   return {};
@@ -215,7 +214,8 @@ Status validate_mqtt(const MqttConfig& c) {
     return make_error(Errc::invalid_argument, "mqtt.keepalive: must be between 1s and 65535s");
   }
   if (c.session_expiry.count() > std::numeric_limits<std::int32_t>::max()) {
-    return make_error(Errc::invalid_argument, "mqtt.session_expiry: at most {}s", std::numeric_limits<std::int32_t>::max());
+    return make_error(Errc::invalid_argument, "mqtt.session_expiry: at most {}s",
+                      std::numeric_limits<std::int32_t>::max());
   }
   if (c.connect_timeout < std::chrono::seconds(1)) {
     return make_error(Errc::invalid_argument, "mqtt.connect_timeout: must be at least 1s");
@@ -232,7 +232,8 @@ Status validate_mqtt(const MqttConfig& c) {
   if (!c.tls_key_file.empty()) {
     if (auto st = check_secret_file(c.tls_key_file, "mqtt.tls.key_file"); !st) return st;
   }
-  for (const auto& [key, file] : {std::pair{"mqtt.tls.ca_file", &c.tls_ca_file}, {"mqtt.tls.cert_file", &c.tls_cert_file}}) {
+  for (const auto& [key, file] :
+       {std::pair{"mqtt.tls.ca_file", &c.tls_ca_file}, {"mqtt.tls.cert_file", &c.tls_cert_file}}) {
     if (!file->empty() && ::access(file->c_str(), R_OK) != 0) {
       return make_error(Errc::invalid_argument, "{}: {} is not readable", key, *file);
     }
@@ -244,7 +245,7 @@ Status validate_mqtt(const MqttConfig& c) {
 }
 
 Status check_secret_file(const std::filesystem::path& path, std::string_view key) {
-  struct stat st{};
+  struct stat st {};
   if (::stat(path.c_str(), &st) != 0) return make_error(Errc::not_found, "{}: {} does not exist", key, path.string());
   if ((st.st_mode & S_IROTH) != 0) {
     return make_error(Errc::permission_denied, "{}: {} is world-readable (chmod o-r)", key, path.string());

@@ -3,9 +3,7 @@
 namespace flotilla {
 namespace {
 
-bool is_alnum(char c) {
-  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
-}
+bool is_alnum(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'); }
 
 }  // namespace
 
@@ -22,8 +20,7 @@ Status validate_topic_level_name(std::string_view text, std::string_view what) {
     const char c = text[i];
     if (!is_alnum(c) && c != '.' && c != '_' && c != '-') {
       const auto code = static_cast<unsigned>(static_cast<unsigned char>(c));
-      return make_error(Errc::invalid_argument, "{} has a forbidden character 0x{:02x} at position {}", what,
-                        code, i);
+      return make_error(Errc::invalid_argument, "{} has a forbidden character 0x{:02x} at position {}", what, code, i);
     }
   }
   return {};

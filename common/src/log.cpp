@@ -41,8 +41,7 @@ void set_component(std::string_view name) {
 void write(Level l, std::string_view message) {
   const auto now = std::chrono::system_clock::now();
   const auto secs = std::chrono::system_clock::to_time_t(now);
-  const auto millis =
-      std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000;
+  const auto millis = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000;
   std::tm tm{};
   gmtime_r(&secs, &tm);
   std::lock_guard lock(g_write_mutex);
@@ -51,8 +50,7 @@ void write(Level l, std::string_view message) {
   std::fflush(stderr);
 }
 
-bool RateLimiter::allow(std::string_view key, std::chrono::steady_clock::time_point now,
-                        std::uint64_t& suppressed) {
+bool RateLimiter::allow(std::string_view key, std::chrono::steady_clock::time_point now, std::uint64_t& suppressed) {
   std::lock_guard lock(mutex_);
   auto it = slots_.find(key);
   if (it == slots_.end()) it = slots_.emplace(std::string(key), Slot{}).first;

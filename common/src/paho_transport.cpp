@@ -50,7 +50,8 @@ class PahoTransport final : public Transport, private mqtt::iaction_listener {
         sink_(std::move(sink)),
         client_(paho_uri, options_.client_id, mqtt::create_options(MQTTVERSION_5), nullptr) {
     // Runs on Paho's threads: translate and hand over, never call back into the client.
-    client_.set_connection_lost_handler([this](const std::string& cause) { lost(cause.empty() ? "connection lost" : cause); });
+    client_.set_connection_lost_handler(
+        [this](const std::string& cause) { lost(cause.empty() ? "connection lost" : cause); });
     client_.set_disconnected_handler([this](const mqtt::properties&, mqtt::ReasonCode reason) {
       lost(fmt::format("broker sent DISCONNECT: {}", mqtt::exception::reason_code_str(reason)));
     });
@@ -204,9 +205,7 @@ class PahoTransport final : public Transport, private mqtt::iaction_listener {
 
   void on_failure(const mqtt::token& tok) override {
     switch (tok.get_type()) {
-      case mqtt::token::Type::CONNECT:
-        emit(event::ConnectFailed{from_failed_token(tok, "connect")});
-        break;
+      case mqtt::token::Type::CONNECT: emit(event::ConnectFailed{from_failed_token(tok, "connect")}); break;
       case mqtt::token::Type::PUBLISH:
         emit(event::Delivered{from_context(tok.get_user_context()), from_failed_token(tok, "publish")});
         break;

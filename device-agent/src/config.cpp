@@ -13,12 +13,13 @@ Result<AgentConfig> load_config(const std::filesystem::path* file) {
     if (!r) return std::move(r).error();
     std::string state_dir = c.state_dir.string();
     std::string level = "info";
-    for (auto st : {config::read_mqtt(*r, c.mqtt), r->read("agent.device_id", c.device_id),
-                    r->read("agent.state_dir", state_dir), r->read("agent.telemetry_interval", c.telemetry_interval),
-                    r->read("agent.inventory_interval", c.inventory_interval),
-                    r->read("agent.outbox_max_bytes", c.outbox_max_bytes), r->read("agent.max_inflight", c.max_inflight),
-                    r->read("agent.tenant", c.tenant), r->read("agent.site", c.site), r->read("agent.tags", c.tags),
-                    r->read("log.level", level), r->reject_unknown_keys()}) {
+    for (auto st :
+         {config::read_mqtt(*r, c.mqtt), r->read("agent.device_id", c.device_id), r->read("agent.state_dir", state_dir),
+          r->read("agent.telemetry_interval", c.telemetry_interval),
+          r->read("agent.inventory_interval", c.inventory_interval),
+          r->read("agent.outbox_max_bytes", c.outbox_max_bytes), r->read("agent.max_inflight", c.max_inflight),
+          r->read("agent.tenant", c.tenant), r->read("agent.site", c.site), r->read("agent.tags", c.tags),
+          r->read("log.level", level), r->reject_unknown_keys()}) {
       if (!st) return std::move(st).error();
     }
     auto lvl = log::parse_level(level);

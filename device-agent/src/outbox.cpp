@@ -144,8 +144,8 @@ class LogReader {
     if (off >= window_off_ && off + n <= window_off_ + window_.size()) {
       return window_.data() + (off - window_off_);
     }
-    const std::size_t want =
-        static_cast<std::size_t>(std::min<std::uint64_t>(std::max(n, kReadWindow), file_size_ - off));
+    const std::size_t want = static_cast<std::size_t>(
+        std::min<std::uint64_t>(std::max(n, kReadWindow), file_size_ - off));
     window_.resize(want);
     const ssize_t got = read_full(fd_, window_.data(), want, off);
     if (got < 0) return sys_error(path_, "read", static_cast<int>(-got));
@@ -307,8 +307,7 @@ Status Outbox::load_state(std::uint64_t& head, std::uint64_t& next, bool& presen
   if (n < 0) return sys_error(path, "read", static_cast<int>(-n));
   const char* p = buf.data();
   const bool valid = static_cast<std::size_t>(n) == kStateSize &&
-                     std::memcmp(p, kStateMagic.data(), kStateMagic.size()) == 0 &&
-                     get_u32(p + 8) == kFormatVersion &&
+                     std::memcmp(p, kStateMagic.data(), kStateMagic.size()) == 0 && get_u32(p + 8) == kFormatVersion &&
                      get_u32(p + 12) == detail::crc32c(std::string_view(p + 16, kStateSize - 16)) &&
                      get_u64(p + 24) != 0 && get_u64(p + 16) <= get_u64(p + 24);
   if (!valid) {
@@ -507,8 +506,7 @@ Result<std::uint64_t> Outbox::append(std::string_view topic, std::string_view pa
     return make_error(Errc::invalid_argument, "outbox append: topic length {} is outside 1..{}", topic.size(),
                       kMaxTopicBytes);
   }
-  if (payload.size() > options_.max_bytes ||
-      kRecordOverhead + topic.size() + payload.size() > options_.max_bytes ||
+  if (payload.size() > options_.max_bytes || kRecordOverhead + topic.size() + payload.size() > options_.max_bytes ||
       kRecordOverhead + topic.size() + payload.size() > std::numeric_limits<std::uint32_t>::max()) {
     return make_error(Errc::too_large, "outbox append: record of {} bytes exceeds the outbox bound of {} bytes",
                       kRecordOverhead + topic.size() + payload.size(), options_.max_bytes);
@@ -571,9 +569,7 @@ bool Outbox::mark_acked(std::uint64_t id) {
   return true;
 }
 
-Status Outbox::ack(std::uint64_t id) {
-  return ack_batch(std::span<const std::uint64_t>(&id, 1));
-}
+Status Outbox::ack(std::uint64_t id) { return ack_batch(std::span<const std::uint64_t>(&id, 1)); }
 
 Status Outbox::ack_batch(std::span<const std::uint64_t> ids) {
   bool head_moved = false;

@@ -61,7 +61,8 @@ DeviceProtocol::CommandDecision DeviceProtocol::on_command(const Message& messag
   if (auto it = executed_.find(cmd->command_id()); it != executed_.end()) {
     v1::CommandResult again = it->second;
     *again.mutable_header() = reading_header(now_ms);
-    return Reply{Message{topics::device(identity_.id, topics::Channel::result), codec::encode(again), 1, false, {}, {}}};
+    return Reply{
+        Message{topics::device(identity_.id, topics::Channel::result), codec::encode(again), 1, false, {}, {}}};
   }
   if (cmd->expires_at_ms() != 0 && now_ms > cmd->expires_at_ms()) {
     return Reply{reply_for(cmd->command_id(), v1::CommandResult::STATUS_REJECTED, "command expired", {}, now_ms)};

@@ -13,12 +13,11 @@ Result<ManagerConfig> load_config(const std::filesystem::path* file) {
     std::string level = "info";
     std::uint64_t queue = c.queue_capacity;
     std::uint64_t batch = c.max_batch;
-    for (auto st : {config::read_mqtt(*reader, c.mqtt), reader->read("manager.data_dir", data_dir),
-                    reader->read("manager.instance_id", c.instance_id), reader->read("manager.queue_capacity", queue),
-                    reader->read("manager.max_batch", batch),
-                    reader->read("manager.rebirth_interval", c.rebirth_interval),
-                    reader->read("log.level", level), reader->read("log.burst", c.log_burst),
-                    reader->reject_unknown_keys()}) {
+    for (auto st :
+         {config::read_mqtt(*reader, c.mqtt), reader->read("manager.data_dir", data_dir),
+          reader->read("manager.instance_id", c.instance_id), reader->read("manager.queue_capacity", queue),
+          reader->read("manager.max_batch", batch), reader->read("manager.rebirth_interval", c.rebirth_interval),
+          reader->read("log.level", level), reader->read("log.burst", c.log_burst), reader->reject_unknown_keys()}) {
       if (!st) return std::move(st).error();
     }
     auto lvl = log::parse_level(level);

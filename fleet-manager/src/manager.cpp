@@ -39,7 +39,8 @@ Result<std::unique_ptr<Manager>> Manager::create(ManagerConfig config, std::uniq
   if (!options) return std::move(options).error();
   if (options->client_id.empty()) options->client_id = fmt::format("flotilla-manager-{}", m->config_.instance_id);
   auto* queue = &m->queue_;
-  auto transport = transport_factory(std::move(options).value(), [queue](TransportEvent&& e) { queue->push(std::move(e)); });
+  auto transport = transport_factory(std::move(options).value(),
+                                     [queue](TransportEvent&& e) { queue->push(std::move(e)); });
   if (!transport) return std::move(transport).error();
   m->transport_ = std::move(transport).value();
 
@@ -149,7 +150,9 @@ void Manager::handle_batch(std::vector<TransportEvent>& events) {
     cmd.set_command_id(fmt::format("{}-rebirth-{}-{}", config_.instance_id, started_at_ms_, command_counter_));
     cmd.set_type("rebirth");
     cmd.set_expires_at_ms(now_ms + std::chrono::duration_cast<std::chrono::milliseconds>(kRebirthCommandTtl).count());
-    if (auto st = transport_->publish(Message{topics::device(*id, topics::Channel::cmd), codec::encode(cmd), 1, false, {}, {}}); !st) {
+    if (auto st = transport_->publish(
+            Message{topics::device(*id, topics::Channel::cmd), codec::encode(cmd), 1, false, {}, {}});
+        !st) {
       log::warn("rebirth request to {} not sent: {}", device_id, st.error().message);
     }
   }
@@ -174,7 +177,13 @@ void Manager::ingest(const Message& message, std::int64_t now_ms, Batch& batch) 
     return;
   }
   messages_.fetch_add(1, std::memory_order_relaxed);
-  for (const auto& e : outcome.events) ++events_[e];
+  for (const auto& e : outcome.events) {
+    ++events_[e];
+    std::uint64_t suppressed = 0;
+    if (e == "seq_gap" && log_limiter_.allow(e, SteadyClock::now(), suppressed)) {
+      log::warn("device {}: {}", topic->device, outcome.detail);
+    }
+  }
   if (outcome.request_rebirth) request_rebirth(topic->device.str(), now_ms);
 }
 
@@ -238,8 +247,9 @@ v1::RpcResponse Manager::dispatch(const v1::RpcRequest& request) {
       if (rec == nullptr) return failure(v1::RpcResponse::CODE_NOT_FOUND, fmt::format("device {} is not known", *id));
       auto* detail = r.mutable_device();
       *detail->mutable_record() = *rec;
-      for (auto [space, target] : {std::pair<Space, google::protobuf::MessageLite*>{Space::inventory, detail->mutable_inventory()},
-                                   {Space::telemetry, detail->mutable_telemetry()}}) {
+      for (auto [space, target] :
+           {std::pair<Space, google::protobuf::MessageLite*>{Space::inventory, detail->mutable_inventory()},
+            {Space::telemetry, detail->mutable_telemetry()}}) {
         auto bytes = store_->get(space, id->str());
         if (!bytes) {
           if (bytes.error().code != Errc::not_found) {
@@ -288,8 +298,8 @@ v1::RpcResponse Manager::dispatch(const v1::RpcRequest& request) {
       }
       last_rebirth_ms_.erase(id->str());
       request_rebirth(id->str(), unix_now_ms());
-      r.mutable_rebirth()->set_command_id(
-          fmt::format("{}-rebirth-{}-{}", config_.instance_id, started_at_ms_, command_counter_ + rebirths_due_.size()));
+      r.mutable_rebirth()->set_command_id(fmt::format("{}-rebirth-{}-{}", config_.instance_id, started_at_ms_,
+                                                      command_counter_ + rebirths_due_.size()));
       return r;
     }
     case v1::RpcRequest::METHOD_NOT_SET: break;

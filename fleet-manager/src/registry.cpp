@@ -78,6 +78,7 @@ v1::DeviceRecord& Registry::record_for(const DeviceId& id, std::int64_t now_ms) 
 }
 
 bool Registry::note_reading(v1::DeviceRecord& r, const v1::Header& h, std::int64_t now_ms, IngestOutcome& outcome) {
+  const std::uint64_t previous = r.last_seq();
   const auto check = apply_reading(r, h.session_epoch(), h.seq(), now_ms);
   if (check.newer_session) {
     outcome.events.emplace_back("newer_session");
@@ -91,6 +92,7 @@ bool Registry::note_reading(v1::DeviceRecord& r, const v1::Header& h, std::int64
   if (check.missing > 0) {
     // A lost reading may have been an inventory change: a birth brings the full picture back.
     outcome.events.emplace_back("seq_gap");
+    outcome.detail = fmt::format("reading {} follows {}: {} missing", h.seq(), previous, check.missing);
     outcome.request_rebirth = true;
   }
   return true;
@@ -114,7 +116,6 @@ IngestOutcome Registry::ingest(const topics::DeviceTopic& topic, std::string_vie
                                                   r.session_epoch()));
       }
       if (check.stream_reset) outcome.events.emplace_back("stream_reset");
-      if (check.missing > 0) outcome.events.emplace_back("seq_gap");
       r.set_kind(birth->kind());
       r.set_agent_version(birth->agent_version());
       r.set_tenant(birth->tenant());

@@ -169,12 +169,11 @@ void MosquittoBroker::render_config() {
 
   const auto script = source_dir() / "deploy" / "mosquitto" / "make-broker-config";
   const CommandResult result = run_command(
-      {script.string(), "--out", config_dir().string(), "--device-port", std::to_string(device_port_),
-       "--service-port", std::to_string(service_port_), "--users", users_file.string(), "--bind", host()},
+      {script.string(), "--out", config_dir().string(), "--device-port", std::to_string(device_port_), "--service-port",
+       std::to_string(service_port_), "--users", users_file.string(), "--bind", host()},
       work_dir_ / "make-broker-config.log");
   if (result.status != 0) {
-    throw std::runtime_error(
-        fmt::format("make-broker-config exited with {}:\n{}", result.status, result.output));
+    throw std::runtime_error(fmt::format("make-broker-config exited with {}:\n{}", result.status, result.output));
   }
 }
 
@@ -183,9 +182,8 @@ bool MosquittoBroker::try_start_once(Clock::time_point deadline, std::string& fa
   const auto broker_log = data_dir() / "mosquitto.log";
   const auto stdout_offset = file_size_or_zero(stdout_log);
   const auto log_offset = file_size_or_zero(broker_log);
-  process_.emplace(ChildProcess::spawn(
-      {mosquitto_binary().string(), "-c", (config_dir() / "mosquitto.conf").string()},
-      SpawnOptions{{}, stdout_log}));
+  process_.emplace(ChildProcess::spawn({mosquitto_binary().string(), "-c", (config_dir() / "mosquitto.conf").string()},
+                                       SpawnOptions{{}, stdout_log}));
 
   const auto attempt_log = [&] { return read_from(stdout_log, stdout_offset) + read_from(broker_log, log_offset); };
   for (;;) {
@@ -203,8 +201,8 @@ bool MosquittoBroker::try_start_once(Clock::time_point deadline, std::string& fa
     }
     if (Clock::now() >= deadline) {
       process_->kill();
-      failure = fmt::format("mosquitto not ready on ports {} and {} within {} ms:\n{}", device_port_,
-                            service_port_, options_.ready_timeout.count(), attempt_log());
+      failure = fmt::format("mosquitto not ready on ports {} and {} within {} ms:\n{}", device_port_, service_port_,
+                            options_.ready_timeout.count(), attempt_log());
       process_.reset();
       return false;
     }

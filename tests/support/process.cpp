@@ -225,9 +225,7 @@ std::optional<ChildProcess::Status> ChildProcess::wait_exit(std::chrono::millise
   }
 }
 
-std::string ChildProcess::log_text() const {
-  return log_path_.empty() ? std::string() : read_file(log_path_);
-}
+std::string ChildProcess::log_text() const { return log_path_.empty() ? std::string() : read_file(log_path_); }
 
 CommandResult run_command(std::vector<std::string> argv, const std::filesystem::path& log_path,
                           std::chrono::milliseconds timeout, SpawnOptions options) {

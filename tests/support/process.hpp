@@ -86,8 +86,7 @@ struct CommandResult {
 // Runs argv to completion, capturing its output in `log_path` (truncated first).
 // Throws std::runtime_error if the command does not exit within `timeout` (it is killed).
 CommandResult run_command(std::vector<std::string> argv, const std::filesystem::path& log_path,
-                          std::chrono::milliseconds timeout = std::chrono::seconds(20),
-                          SpawnOptions options = {});
+                          std::chrono::milliseconds timeout = std::chrono::seconds(20), SpawnOptions options = {});
 
 // Reads a whole file; empty string if it does not exist.
 std::string read_file(const std::filesystem::path& path);

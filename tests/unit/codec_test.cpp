@@ -62,7 +62,8 @@ struct Golden {
 std::vector<Golden> goldens() {
   const auto id = DeviceId::parse("golden-pc-1").value();
   return {
-      {"birth", [=] {
+      {"birth",
+       [=] {
          auto b = std::make_unique<v1::Birth>();
          *b->mutable_header() = codec::make_header(id, 1700000000000, 0, 1700000000123);
          b->set_kind(v1::DEVICE_KIND_COMPUTER);
@@ -79,7 +80,8 @@ std::vector<Golden> goldens() {
          return b;
        }},
       {"inventory", [] { return std::make_unique<v1::Inventory>(sample_inventory()); }},
-      {"telemetry", [=] {
+      {"telemetry",
+       [=] {
          auto t = std::make_unique<v1::Telemetry>();
          *t->mutable_header() = codec::make_header(id, 1700000000000, 5, 1700000030000);
          t->set_cpu_percent(12.5);
@@ -96,13 +98,15 @@ std::vector<Golden> goldens() {
          temp->set_celsius(48.5);
          return t;
        }},
-      {"death", [=] {
+      {"death",
+       [=] {
          auto d = std::make_unique<v1::Death>();
          *d->mutable_header() = codec::make_header(id, 1700000000000, 0, 1700000000123);
          d->set_reason(v1::Death::REASON_CONNECTION_LOST);
          return d;
        }},
-      {"command", [=] {
+      {"command",
+       [=] {
          auto c = std::make_unique<v1::Command>();
          *c->mutable_header() = codec::make_header(id, 0, 1, 1700000000123);
          c->set_command_id("manager-1-rebirth-1-1");
@@ -110,7 +114,8 @@ std::vector<Golden> goldens() {
          c->set_expires_at_ms(1700000300123);
          return c;
        }},
-      {"command_result", [=] {
+      {"command_result",
+       [=] {
          auto r = std::make_unique<v1::CommandResult>();
          *r->mutable_header() = codec::make_header(id, 1700000000000, 9, 1700000000200);
          r->set_command_id("manager-1-rebirth-1-1");
@@ -118,7 +123,8 @@ std::vector<Golden> goldens() {
          r->set_message("birth sent");
          return r;
        }},
-      {"manager_state", [] {
+      {"manager_state",
+       [] {
          auto s = std::make_unique<v1::ManagerState>();
          s->set_schema_version(1);
          s->set_instance_id("manager-1");
@@ -127,13 +133,15 @@ std::vector<Golden> goldens() {
          s->set_version("0.1.0");
          return s;
        }},
-      {"rpc_request", [] {
+      {"rpc_request",
+       [] {
          auto r = std::make_unique<v1::RpcRequest>();
          r->set_schema_version(1);
          r->mutable_count_devices()->set_by("firmware.version");
          return r;
        }},
-      {"device_record", [] {
+      {"device_record",
+       [] {
          auto r = std::make_unique<v1::DeviceRecord>();
          r->set_device_id("golden-pc-1");
          r->set_kind(v1::DEVICE_KIND_COMPUTER);

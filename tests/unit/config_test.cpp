@@ -30,7 +30,8 @@ keepalive = "15s"
 [agent]
 tags = ["a", "b"]
 telemetry_interval = 5
-)", "agent.toml");
+)",
+                                     "agent.toml");
   REQUIRE(r);
   config::MqttConfig m;
   REQUIRE(config::read_mqtt(*r, m));

@@ -16,8 +16,9 @@ TEST_CASE("device ids: the strict pattern is enforced at every edge") {
   CHECK(DeviceId::parse("a"));
   CHECK(DeviceId::parse("0f3a9c.host_1-b"));
   CHECK(DeviceId::parse(std::string(64, 'x')));
-  for (const std::string& bad : std::vector<std::string>{"", "a/b", "a+b", "a#", "$SYS", "-lead", ".hidden", "sp ace", "tab\tid", "colon:id",
-                          std::string("nul\0id", 6), std::string(65, 'x'), "ütf8"}) {
+  for (const std::string& bad :
+       std::vector<std::string>{"", "a/b", "a+b", "a#", "$SYS", "-lead", ".hidden", "sp ace", "tab\tid", "colon:id",
+                                std::string("nul\0id", 6), std::string(65, 'x'), "ütf8"}) {
     auto id = DeviceId::parse(bad);
     CAPTURE(bad);
     CHECK_FALSE(id);
@@ -35,8 +36,8 @@ TEST_CASE("topic scheme builds and parses device topics") {
   CHECK(topics::cli_reply("flotilla-operator", "abc123").value() == "flotilla/v1/cli/flotilla-operator/abc123");
   CHECK_FALSE(topics::cli_reply("op/x", "s"));
 
-  for (auto ch : {topics::Channel::birth, topics::Channel::death, topics::Channel::telemetry, topics::Channel::inventory,
-                  topics::Channel::result, topics::Channel::cmd, topics::Channel::config}) {
+  for (auto ch : {topics::Channel::birth, topics::Channel::death, topics::Channel::telemetry,
+                  topics::Channel::inventory, topics::Channel::result, topics::Channel::cmd, topics::Channel::config}) {
     auto parsed = topics::parse_device_topic(topics::device(id, ch));
     REQUIRE(parsed);
     CHECK(parsed->device == id);

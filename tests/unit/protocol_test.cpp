@@ -9,7 +9,9 @@ using namespace flotilla::agent;
 
 namespace {
 
-Identity ident() { return Identity{.id = DeviceId::parse("dev-1").value(), .kind = v1::DEVICE_KIND_COMPUTER, .agent_version = "0.1.0"}; }
+Identity ident() {
+  return Identity{.id = DeviceId::parse("dev-1").value(), .kind = v1::DEVICE_KIND_COMPUTER, .agent_version = "0.1.0"};
+}
 
 Message command_for(const std::string& device, const std::string& id, const std::string& type, std::int64_t expires) {
   v1::Command c;
@@ -17,7 +19,8 @@ Message command_for(const std::string& device, const std::string& id, const std:
   c.set_command_id(id);
   c.set_type(type);
   c.set_expires_at_ms(expires);
-  return Message{topics::device(DeviceId::parse(device).value(), topics::Channel::cmd), codec::encode(c), 1, false, {}, {}};
+  return Message{
+      topics::device(DeviceId::parse(device).value(), topics::Channel::cmd), codec::encode(c), 1, false, {}, {}};
 }
 
 }  // namespace
@@ -55,11 +58,13 @@ TEST_CASE("commands: duplicates answered from memory, expired rejected, foreign 
   p.begin_session(1);
   auto first = p.on_command(command_for("dev-1", "c-1", "ping", 0), 100);
   REQUIRE(std::holds_alternative<DeviceProtocol::Execute>(first));
-  auto result = p.result(std::get<DeviceProtocol::Execute>(first).command, v1::CommandResult::STATUS_SUCCEEDED, "pong", {}, 101);
+  auto result = p.result(std::get<DeviceProtocol::Execute>(first).command, v1::CommandResult::STATUS_SUCCEEDED, "pong",
+                         {}, 101);
   auto again = p.on_command(command_for("dev-1", "c-1", "ping", 0), 102);
   REQUIRE(std::holds_alternative<DeviceProtocol::Reply>(again));
   auto replayed = codec::decode<v1::CommandResult>(std::get<DeviceProtocol::Reply>(again).result.payload,
-                                                   codec::max_command_bytes).value();
+                                                   codec::max_command_bytes)
+                      .value();
   CHECK(replayed.command_id() == "c-1");
   CHECK(replayed.status() == v1::CommandResult::STATUS_SUCCEEDED);
   CHECK(replayed.message() == "pong");
@@ -67,7 +72,8 @@ TEST_CASE("commands: duplicates answered from memory, expired rejected, foreign 
   auto expired = p.on_command(command_for("dev-1", "c-2", "ping", 50), 100);
   REQUIRE(std::holds_alternative<DeviceProtocol::Reply>(expired));
   auto rejected = codec::decode<v1::CommandResult>(std::get<DeviceProtocol::Reply>(expired).result.payload,
-                                                   codec::max_command_bytes).value();
+                                                   codec::max_command_bytes)
+                      .value();
   CHECK(rejected.status() == v1::CommandResult::STATUS_REJECTED);
 
   CHECK(std::holds_alternative<DeviceProtocol::Ignore>(p.on_command(command_for("dev-2", "c-3", "ping", 0), 100)));

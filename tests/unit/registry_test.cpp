@@ -16,8 +16,8 @@ namespace {
 struct Fixture {
   std::unique_ptr<Store> store = make_memory_store();
   Registry registry = Registry::load(*store).value();
-  agent::DeviceProtocol device{agent::Identity{DeviceId::parse("dev-1").value(), v1::DEVICE_KIND_SENSOR, "0.1.0",
-                                               "acme", "hq", {"lab"}, {}, 30, 10}};
+  agent::DeviceProtocol device{agent::Identity{
+      DeviceId::parse("dev-1").value(), v1::DEVICE_KIND_SENSOR, "0.1.0", "acme", "hq", {"lab"}, {}, 30, 10}};
 
   IngestOutcome feed(const Message& m, std::int64_t now = 1000) {
     auto topic = topics::parse_device_topic(m.topic);

@@ -174,7 +174,7 @@ void check_store_contract(const Factory& make) {
   }
 
   SUBCASE("scan visits keys with the prefix in key order") {
-    const std::vector<std::string> keys = {"dev-2", "dev-10", "dev", "de",         "dew",  "dev-1",
+    const std::vector<std::string> keys = {"dev-2", "dev-10",  "dev",         "de",       "dew",         "dev-1",
                                            "dex",   "dev\xff", "dev\xff\xff", "\xff\xff", "\xff\xff\x01"};
     Batch batch;
     for (const auto& key : keys) batch.put(Space::devices, key, "v:" + key);

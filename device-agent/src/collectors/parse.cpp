@@ -10,9 +10,7 @@
 namespace flotilla::agent {
 namespace {
 
-constexpr bool is_blank(char c) {
-  return c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == '\v' || c == '\f';
-}
+constexpr bool is_blank(char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == '\v' || c == '\f'; }
 
 constexpr char ascii_lower(char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c; }
 
@@ -125,20 +123,21 @@ std::string decode_mount_field(std::string_view in) {
 }
 
 constexpr std::array<std::string_view, 31> kUnreportedFilesystems = {
-    "autofs",   "binfmt_misc", "bpf",        "configfs",        "debugfs",    "devfs",       "devpts",
-    "devtmpfs", "efivarfs",    "erofs",      "fuse.gvfsd-fuse", "fuse.lxcfs", "fuse.portal", "fuse.snapfuse",
-    "fusectl",  "hugetlbfs",   "mqueue",     "nfsd",            "nsfs",       "proc",        "pstore",
-    "ramfs",    "rootfs",      "rpc_pipefs", "securityfs",      "selinuxfs",  "squashfs",    "sysfs",
-    "tmpfs",    "tracefs",     "usbfs",
+    "autofs",      "binfmt_misc",   "bpf",      "configfs",  "debugfs",         "devfs",
+    "devpts",      "devtmpfs",      "efivarfs", "erofs",     "fuse.gvfsd-fuse", "fuse.lxcfs",
+    "fuse.portal", "fuse.snapfuse", "fusectl",  "hugetlbfs", "mqueue",          "nfsd",
+    "nsfs",        "proc",          "pstore",   "ramfs",     "rootfs",          "rpc_pipefs",
+    "securityfs",  "selinuxfs",     "squashfs", "sysfs",     "tmpfs",           "tracefs",
+    "usbfs",
 };
 
 constexpr std::array<std::string_view, 13> kNetworkFilesystems = {
-    "afs",       "ceph",        "cifs",          "fuse.glusterfs", "fuse.rclone", "fuse.s3fs", "fuse.sshfs",
-    "glusterfs", "lustre",      "ncpfs",         "nfs",            "nfs4",        "smb3",
+    "afs",    "ceph",  "cifs", "fuse.glusterfs", "fuse.rclone", "fuse.s3fs", "fuse.sshfs", "glusterfs",
+    "lustre", "ncpfs", "nfs",  "nfs4",           "smb3",
 };
 
-constexpr std::array<std::string_view, 4> kContainerRuntimeDirs = {
-    "/var/lib/docker/", "/var/lib/containers/", "/run/containerd/", "/run/docker/"};
+constexpr std::array<std::string_view, 4> kContainerRuntimeDirs = {"/var/lib/docker/", "/var/lib/containers/",
+                                                                   "/run/containerd/", "/run/docker/"};
 
 }  // namespace
 

@@ -92,9 +92,8 @@ class StorageCollector final : public Collector {
     if (!has_root) {
       if (auto usage = filesystem_usage("/")) {
         // "/" was filtered out (a tmpfs or rootfs root) or is missing from the mounts file.
-        const auto last_root = std::find_if(all.rbegin(), all.rend(), [](const MountEntry& e) {
-          return e.mount_point == "/";
-        });
+        const auto last_root = std::find_if(all.rbegin(), all.rend(),
+                                            [](const MountEntry& e) { return e.mount_point == "/"; });
         MountEntry root = last_root != all.rend() ? *last_root : MountEntry{{}, "/", {}};
         mounted.insert(mounted.begin(), Mounted{std::move(root), usage});
       }

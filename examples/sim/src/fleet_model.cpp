@@ -21,19 +21,21 @@ constexpr std::array<OsChoice, 4> kOses{{
     {"Rocky Linux", "rocky", "9.4", "5.14.0-427.el9.x86_64"},
 }};
 constexpr std::array<const char*, 3> kSites{"hq", "warehouse", "branch-7"};
-constexpr std::array<std::pair<const char*, const char*>, 3> kPcModels{{
-    {"Dell Inc.", "OptiPlex 7090"}, {"LENOVO", "ThinkPad T14 Gen 3"}, {"HPE", "ProLiant DL360 Gen10"}}};
-constexpr std::array<std::pair<const char*, const char*>, 2> kPrinterModels{{{"HP", "LaserJet M507"}, {"Brother", "HL-L6400DW"}}};
-constexpr std::array<std::pair<const char*, const char*>, 2> kSensorModels{{{"Acme Sensors", "TH-200"}, {"Acme Sensors", "CO2-10"}}};
+constexpr std::array<std::pair<const char*, const char*>, 3> kPcModels{
+    {{"Dell Inc.", "OptiPlex 7090"}, {"LENOVO", "ThinkPad T14 Gen 3"}, {"HPE", "ProLiant DL360 Gen10"}}};
+constexpr std::array<std::pair<const char*, const char*>, 2> kPrinterModels{
+    {{"HP", "LaserJet M507"}, {"Brother", "HL-L6400DW"}}};
+constexpr std::array<std::pair<const char*, const char*>, 2> kSensorModels{
+    {{"Acme Sensors", "TH-200"}, {"Acme Sensors", "CO2-10"}}};
 constexpr std::array<const char*, 4> kFirmware{"1.2.0", "1.2.3", "1.3.0", "2.0.1"};
 constexpr std::array<std::pair<const char*, const char*>, 8> kPackages{{{"openssl", "3.0.11-1~deb12u2"},
-                                                                       {"openssh-server", "1:9.2p1-2+deb12u3"},
-                                                                       {"bash", "5.2.15-2+b7"},
-                                                                       {"curl", "7.88.1-10+deb12u7"},
-                                                                       {"systemd", "252.30-1~deb12u2"},
-                                                                       {"python3", "3.11.2-1+b1"},
-                                                                       {"nginx", "1.22.1-9"},
-                                                                       {"libc6", "2.36-9+deb12u8"}}};
+                                                                        {"openssh-server", "1:9.2p1-2+deb12u3"},
+                                                                        {"bash", "5.2.15-2+b7"},
+                                                                        {"curl", "7.88.1-10+deb12u7"},
+                                                                        {"systemd", "252.30-1~deb12u2"},
+                                                                        {"python3", "3.11.2-1+b1"},
+                                                                        {"nginx", "1.22.1-9"},
+                                                                        {"libc6", "2.36-9+deb12u8"}}};
 
 template <typename T, std::size_t N>
 const T& pick(const std::array<T, N>& choices, std::mt19937_64& rng) {

@@ -68,9 +68,16 @@ Result<std::unique_ptr<Simulator>> Simulator::create(SimConfig config, Transport
     d->model = make_model(i, c.seed);
     auto id = DeviceId::parse(device_id(c.prefix, i));
     if (!id) return std::move(id).error();
-    agent::Identity identity{*id, d->model.kind, std::string(flotilla::version) + "-sim", c.tenant, d->model.site,
-                             {"simulated"}, {}, static_cast<std::uint32_t>(c.mqtt.keepalive.count()),
-                             static_cast<std::uint32_t>(std::chrono::duration_cast<std::chrono::seconds>(c.telemetry_interval).count())};
+    agent::Identity identity{
+        *id,
+        d->model.kind,
+        std::string(flotilla::version) + "-sim",
+        c.tenant,
+        d->model.site,
+        {"simulated"},
+        {},
+        static_cast<std::uint32_t>(c.mqtt.keepalive.count()),
+        static_cast<std::uint32_t>(std::chrono::duration_cast<std::chrono::seconds>(c.telemetry_interval).count())};
     d->protocol = std::make_unique<agent::DeviceProtocol>(std::move(identity));
     // Simulated devices keep no durable state: each run is a new reading stream.
     d->protocol->set_stream((s.rng() | 1), 1);
@@ -79,7 +86,9 @@ Result<std::unique_ptr<Simulator>> Simulator::create(SimConfig config, Transport
     options->client_id = id->str();
     options->username = id->str();
     auto* queue = &s.queue;
-    auto transport = factory(std::move(options).value(), [queue, i](TransportEvent&& e) { queue->push(Event{i, std::move(e)}); });
+    auto transport = factory(std::move(options).value(), [queue, i](TransportEvent&& e) {
+      queue->push(Event{i, std::move(e)});
+    });
     if (!transport) return std::move(transport).error();
     d->transport = std::move(transport).value();
     Device* dev = d.get();
@@ -98,8 +107,7 @@ Result<std::unique_ptr<Simulator>> Simulator::create(SimConfig config, Transport
     hooks.on_down = [state](const std::string&) { state->connected.fetch_sub(1); };
     const auto& id_str = dev->protocol->identity().id;
     d->connection = std::make_unique<Connection>(
-        *d->transport,
-        std::vector<Subscription>{{topics::device(id_str, topics::Channel::cmd), 1}},
+        *d->transport, std::vector<Subscription>{{topics::device(id_str, topics::Channel::cmd), 1}},
         Backoff(c.mqtt.reconnect_min, c.mqtt.reconnect_max, c.seed * 7919 + i), std::move(hooks));
     s.devices.push_back(std::move(d));
   }
@@ -140,7 +148,8 @@ void Simulator::run(std::stop_token stop) {
   s.started = SteadyClock::now();
   const auto n = s.devices.size();
   for (auto& d : s.devices) {
-    d->start_at = s.started + config_.connect_spread * static_cast<std::int64_t>(d->index) / static_cast<std::int64_t>(n);
+    d->start_at = s.started +
+                  config_.connect_spread * static_cast<std::int64_t>(d->index) / static_cast<std::int64_t>(n);
     d->next_telemetry = d->start_at + jittered(config_.telemetry_interval, 0.5, s.rng);
   }
   log::info("simulating {} devices ({} pc, {} printer, {} sensor)", n, (n + 2) / 3, (n + 1) / 3, n / 3);
@@ -160,7 +169,8 @@ void Simulator::run(std::stop_token stop) {
       if (now >= d->next_telemetry) {
         d->next_telemetry = now + jittered(config_.telemetry_interval, 0.1, s.rng);
         if (d->connection->up()) {
-          const auto uptime = static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::seconds>(now - s.started).count());
+          const auto uptime = static_cast<std::uint64_t>(
+              std::chrono::duration_cast<std::chrono::seconds>(now - s.started).count());
           (void)d->transport->publish(d->protocol->telemetry(next_telemetry(d->model, s.rng, uptime), unix_now_ms()));
         }
       }

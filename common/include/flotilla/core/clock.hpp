@@ -7,8 +7,7 @@ namespace flotilla {
 
 // Wall-clock Unix milliseconds: timestamps on the wire and at rest.
 inline std::int64_t unix_now_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
       .count();
 }
 

@@ -14,14 +14,14 @@
 namespace flotilla {
 
 enum class Errc {
-  invalid_argument,   // caller passed something malformed
-  not_found,          // the named thing does not exist
+  invalid_argument,  // caller passed something malformed
+  not_found,         // the named thing does not exist
   already_exists,
-  too_large,          // input exceeds a configured size limit
-  parse_error,        // bytes do not decode
-  io_error,           // filesystem or socket failure
-  corruption,         // stored data fails its checks
-  unavailable,        // peer or broker not reachable now; retrying may help
+  too_large,    // input exceeds a configured size limit
+  parse_error,  // bytes do not decode
+  io_error,     // filesystem or socket failure
+  corruption,   // stored data fails its checks
+  unavailable,  // peer or broker not reachable now; retrying may help
   timeout,
   closed,             // queue or service already shut down
   permission_denied,  // e.g. an MQTT 5 "not authorized" reason code
@@ -45,22 +45,37 @@ template <typename... Args>
 template <typename T>
 class [[nodiscard]] Result {
  public:
-  Result(T value) : state_(std::in_place_index<0>, std::move(value)) {}  // NOLINT(google-explicit-constructor)
+  Result(T value) : state_(std::in_place_index<0>, std::move(value)) {}      // NOLINT(google-explicit-constructor)
   Result(Error error) : state_(std::in_place_index<1>, std::move(error)) {}  // NOLINT(google-explicit-constructor)
 
   [[nodiscard]] bool ok() const noexcept { return state_.index() == 0; }
   explicit operator bool() const noexcept { return ok(); }
 
-  T& value() & { assert(ok()); return std::get<0>(state_); }
-  const T& value() const& { assert(ok()); return std::get<0>(state_); }
-  T&& value() && { assert(ok()); return std::get<0>(std::move(state_)); }
+  T& value() & {
+    assert(ok());
+    return std::get<0>(state_);
+  }
+  const T& value() const& {
+    assert(ok());
+    return std::get<0>(state_);
+  }
+  T&& value() && {
+    assert(ok());
+    return std::get<0>(std::move(state_));
+  }
   T* operator->() { return &value(); }
   const T* operator->() const { return &value(); }
   T& operator*() & { return value(); }
   const T& operator*() const& { return value(); }
 
-  const Error& error() const& { assert(!ok()); return std::get<1>(state_); }
-  Error&& error() && { assert(!ok()); return std::get<1>(std::move(state_)); }
+  const Error& error() const& {
+    assert(!ok());
+    return std::get<1>(state_);
+  }
+  Error&& error() && {
+    assert(!ok());
+    return std::get<1>(std::move(state_));
+  }
 
  private:
   std::variant<T, Error> state_;
@@ -74,8 +89,14 @@ class [[nodiscard]] Result<void> {
 
   [[nodiscard]] bool ok() const noexcept { return !failed_; }
   explicit operator bool() const noexcept { return ok(); }
-  const Error& error() const& { assert(failed_); return error_; }
-  Error&& error() && { assert(failed_); return std::move(error_); }
+  const Error& error() const& {
+    assert(failed_);
+    return error_;
+  }
+  Error&& error() && {
+    assert(failed_);
+    return std::move(error_);
+  }
 
  private:
   Error error_{Errc::internal, {}};

@@ -42,8 +42,14 @@ class Collector {
   virtual ~Collector() = default;
   virtual std::string_view name() const = 0;
   // Fill this collector's part of the inventory; a missing optional source is not an error.
-  virtual Status collect_inventory(v1::Inventory& out) { (void)out; return {}; }
-  virtual Status collect_telemetry(v1::Telemetry& out) { (void)out; return {}; }
+  virtual Status collect_inventory(v1::Inventory& out) {
+    (void)out;
+    return {};
+  }
+  virtual Status collect_telemetry(v1::Telemetry& out) {
+    (void)out;
+    return {};
+  }
 };
 
 // The collectors of this host, in this order and with these names: os, hardware, cpu, memory,
@@ -112,7 +118,7 @@ struct MountEntry {
 [[nodiscard]] std::vector<MountEntry> select_mounts(std::vector<MountEntry> entries);
 
 struct CpuInfo {
-  std::string model;               // empty when the kernel names none (most arm64 kernels)
+  std::string model;                // empty when the kernel names none (most arm64 kernels)
   std::uint32_t logical_cores = 0;  // 0 when no "processor : N" line was found
 };
 
@@ -135,11 +141,11 @@ struct LoadAverage {
 namespace detail {
 // Shared by the sources in device-agent/src/collectors; not an interface for other components.
 
-inline constexpr std::size_t kMaxFileBytes = 1 << 20;          // any /proc or /etc file
-inline constexpr std::size_t kMaxDpkgStatusBytes = 16 << 20;   // ~20,000 packages
-inline constexpr std::size_t kMaxCpuinfoBytes = 8 << 20;       // ~1.6 KiB per CPU on x86
-inline constexpr std::size_t kMaxMountsBytes = 8 << 20;        // container hosts have thousands
-inline constexpr std::size_t kMaxAttributeBytes = 4096;        // one sysfs value
+inline constexpr std::size_t kMaxFileBytes = 1 << 20;         // any /proc or /etc file
+inline constexpr std::size_t kMaxDpkgStatusBytes = 16 << 20;  // ~20,000 packages
+inline constexpr std::size_t kMaxCpuinfoBytes = 8 << 20;      // ~1.6 KiB per CPU on x86
+inline constexpr std::size_t kMaxMountsBytes = 8 << 20;       // container hosts have thousands
+inline constexpr std::size_t kMaxAttributeBytes = 4096;       // one sysfs value
 
 // The whole regular file (procfs and sysfs files qualify), at most max_bytes. Never blocks on
 // a FIFO. Errors: not_found, permission_denied, too_large, io_error.

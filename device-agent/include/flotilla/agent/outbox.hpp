@@ -56,9 +56,9 @@
 namespace flotilla::agent {
 
 struct OutboxOptions {
-  std::filesystem::path dir;             // created if missing (mode 0700)
+  std::filesystem::path dir;              // created if missing (mode 0700)
   std::uint64_t max_bytes = 64ull << 20;  // bound on live (unacknowledged) record bytes incl. framing
-  bool sync = true;                      // fdatasync after each append / head update (off only for tests/bench)
+  bool sync = true;                       // fdatasync after each append / head update (off only for tests/bench)
   // Compaction waits until dead bytes exceed this as well as the live bytes, so that a small
   // outbox is not rewritten on every ack. Bytes.
   std::uint64_t compact_min_dead_bytes = 1ull << 20;
@@ -122,8 +122,8 @@ class Outbox {
   // True if outbox.state was present but invalid and the head was reset to the start of the log.
   [[nodiscard]] bool state_was_reset() const { return state_was_reset_; }
 
-  [[nodiscard]] std::uint64_t head_id() const;                        // first unacknowledged id
-  [[nodiscard]] std::uint64_t next_id() const { return next_id_; }    // id the next append gets
+  [[nodiscard]] std::uint64_t head_id() const;                      // first unacknowledged id
+  [[nodiscard]] std::uint64_t next_id() const { return next_id_; }  // id the next append gets
   [[nodiscard]] std::uint64_t log_file_bytes() const { return log_end_; }
   [[nodiscard]] std::filesystem::path log_path() const;
 
@@ -158,7 +158,7 @@ class Outbox {
   std::uint64_t live_bytes_ = 0;  // framed bytes of unacknowledged entries
   std::uint64_t next_id_ = 1;
   std::uint64_t dropped_unreported_ = 0;
-  bool state_dirty_ = false;  // in-memory state newer than outbox.state (drops, or a failed write)
+  bool state_dirty_ = false;                    // in-memory state newer than outbox.state (drops, or a failed write)
   std::uint64_t compact_retry_dead_bytes_ = 0;  // after a failed compaction, wait for this much dead
   std::uint64_t corrupt_records_skipped_ = 0;
   std::uint64_t corrupt_bytes_truncated_ = 0;

@@ -12,8 +12,8 @@
 // Readings (telemetry, inventory, results) carry a stream sequence number that only grows per
 // device across sessions and restarts. A reading at or below the highest seen is a duplicate and
 // is not applied; a jump counts the readings in between as missing. A birth states the stream it
-// belongs to and how far the broker has acknowledged it: a new stream id restarts the count, and
-// an acknowledged position past what arrived means readings were lost after the broker took them.
+// belongs to and how far the broker has acknowledged it: a new stream id restarts the count from
+// that position (history before it is not owed to this manager).
 
 #include <cstdint>
 
@@ -27,7 +27,6 @@ enum class DeathVerdict { offline, stale, duplicate };
 struct BirthCheck {
   BirthVerdict verdict = BirthVerdict::accepted;
   bool stream_reset = false;  // a different stream id than before: counting restarts
-  std::uint64_t missing = 0;  // acknowledged readings that never arrived
 };
 
 struct ReadingCheck {
