@@ -204,7 +204,10 @@ Status read_mqtt(TomlReader& r, MqttConfig& c) {
 void apply_mqtt_env(MqttConfig& c) {
   if (const char* v = std::getenv("FLOTILLA_BROKER"); v != nullptr && *v != '\0') c.broker = v;
   if (const char* v = std::getenv("FLOTILLA_MQTT_USERNAME"); v != nullptr && *v != '\0') c.username = v;
-  if (const char* v = std::getenv("FLOTILLA_MQTT_PASSWORD"); v != nullptr && *v != '\0') c.password = v;
+  if (const char* v = std::getenv("FLOTILLA_MQTT_PASSWORD"); v != nullptr && *v != '\0') {
+    c.password = v;
+    c.password_file.clear();  // the environment layer overrides the file layer
+  }
 }
 
 Status validate_mqtt(const MqttConfig& c) {

@@ -74,8 +74,12 @@ class PahoTransport final : public Transport, private mqtt::iaction_listener {
 
   ~PahoTransport() override {
     if (connected_.load()) (void)disconnect(std::chrono::milliseconds(1000));
-    alive_.store(false);
-    client_.disable_callbacks();
+    alive_.store(false);  // from here on no event reaches the sink, whatever Paho still does
+    try {
+      client_.disable_callbacks();
+    } catch (const mqtt::exception&) {
+      // Paho refuses while a disconnect is still in progress; alive_ already silences callbacks.
+    }
   }
 
   Status connect(std::optional<Message> will) override {

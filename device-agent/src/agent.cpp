@@ -81,12 +81,15 @@ Result<std::unique_ptr<Agent>> Agent::create(AgentConfig config, std::vector<std
   hooks.make_will = [self]() -> std::optional<Message> {
     auto epoch = self->next_epoch();
     if (!epoch) {
+      // Still connect with a Will: an epoch held only in memory keeps presence correct for this
+      // run; only a restart could then reuse an epoch the manager has seen.
       log::error("cannot persist the session epoch: {}", epoch.error().message);
-      return std::nullopt;
+      epoch = std::max<std::uint64_t>(self->protocol_.epoch() + 1, static_cast<std::uint64_t>(unix_now_ms()));
     }
     self->protocol_.begin_session(*epoch);
     return self->protocol_.will(unix_now_ms());
   };
+
   hooks.on_up = [self](bool) { self->on_up(); };
   hooks.on_down = [self](const std::string& cause) {
     log::warn("broker connection lost: {}", cause);
@@ -293,9 +296,16 @@ void Agent::pump() {
     if (records.empty()) return;
     for (auto& rec : records) {
       auto id = transport_->publish(Message{rec.topic, std::move(rec.payload), 1, false, {}, {}});
-      if (!id) return;  // connection went away; everything unacked is re-sent after reconnect
-      inflight_.emplace(*id, rec.id);
+      if (!id && id.error().code == Errc::unavailable) return;  // re-sent from the head after reconnect
       last_sent_record_ = rec.id;
+      if (!id) {
+        // The transport refuses this record outright (it will never be sendable): drop it rather
+        // than let it block every reading behind it.
+        log::error("dropping unsendable reading {}: {}", rec.id, id.error().message);
+        acked_.push_back(rec.id);
+        continue;
+      }
+      inflight_.emplace(*id, rec.id);
     }
   }
 }

@@ -14,7 +14,9 @@ namespace flotilla::manager {
 namespace {
 
 constexpr std::uint32_t kDefaultPage = 1000;
-constexpr std::uint32_t kMaxPage = 10000;
+constexpr std::uint32_t kMaxPage = 5000;
+// A reply must fit the broker's max_packet_size (1 MiB): pages stop growing past this.
+constexpr std::size_t kMaxReplyBytes = 512 * 1024;
 constexpr std::string_view kReplyPrefix = "flotilla/v1/cli/";
 constexpr auto kRebirthCommandTtl = std::chrono::minutes(5);
 
@@ -52,7 +54,8 @@ Result<std::unique_ptr<Manager>> Manager::create(ManagerConfig config, std::uniq
   subs.push_back({topics::manager_rpc(), 1});
   Connection::Hooks hooks;
   Manager* self = m.get();
-  hooks.make_will = [self] { return std::optional<Message>(self->presence(false)); };
+  // The Will is built at connect time, when the moment of the loss is unknown: since_ms 0.
+  hooks.make_will = [self] { return std::optional<Message>(self->presence(false, 0)); };
   hooks.on_up = [self](bool session_present) {
     log::info("connected to {} (session {})", self->config_.mqtt.broker, session_present ? "resumed" : "new");
     self->on_up();
@@ -92,24 +95,28 @@ void Manager::run(std::stop_token stop) {
   }
   log::info("manager stopping");
   if (connection_->up()) {
-    (void)transport_->publish(presence(false));
+    (void)transport_->publish(presence(false, unix_now_ms()));
     (void)transport_->disconnect(std::chrono::milliseconds(2000));
   }
+  // Paho acknowledged everything still queued to the broker: ingest it before exiting.
   queue_.close();
+  for (events.clear(); queue_.drain(events, config_.max_batch, std::chrono::milliseconds(0)) > 0; events.clear()) {
+    handle_batch(events);
+  }
 }
 
 void Manager::on_up() {
-  if (auto id = transport_->publish(presence(true)); !id) {
+  if (auto id = transport_->publish(presence(true, unix_now_ms())); !id) {
     log::warn("presence publish failed: {}", id.error().message);
   }
 }
 
-Message Manager::presence(bool online) const {
+Message Manager::presence(bool online, std::int64_t since_ms) const {
   v1::ManagerState state;
   state.set_schema_version(codec::schema_version);
   state.set_instance_id(config_.instance_id);
   state.set_online(online);
-  state.set_since_ms(unix_now_ms());
+  state.set_since_ms(since_ms);
   state.set_version(flotilla::version);
   return Message{topics::manager_state(), codec::encode(state), 1, true, {}, {}};
 }
@@ -233,8 +240,11 @@ v1::RpcResponse Manager::dispatch(const v1::RpcRequest& request) {
       const std::uint32_t limit = q.limit() == 0 ? kDefaultPage : std::min(q.limit(), kMaxPage);
       auto* out = r.mutable_list_devices();
       auto it = q.start_after().empty() ? devices.begin() : devices.upper_bound(q.start_after());
-      for (; it != devices.end() && static_cast<std::uint32_t>(out->devices_size()) < limit; ++it) {
+      std::size_t bytes = 0;
+      for (; it != devices.end() && static_cast<std::uint32_t>(out->devices_size()) < limit && bytes < kMaxReplyBytes;
+           ++it) {
         *out->add_devices() = it->second;
+        bytes += it->second.ByteSizeLong();
       }
       if (it != devices.end() && out->devices_size() > 0) out->set_next_cursor(out->devices().rbegin()->device_id());
       out->set_total(devices.size());

@@ -97,3 +97,16 @@ TEST_CASE("secret files must not be world-readable") {
   CHECK(opts->password == "s3cret");
   std::filesystem::remove(path);
 }
+
+TEST_CASE("environment overrides the file: FLOTILLA_MQTT_PASSWORD replaces a password_file") {
+  config::MqttConfig m;
+  m.password_file = "/etc/flotilla/agent.password";
+  ::setenv("FLOTILLA_MQTT_PASSWORD", "from-env", 1);
+  ::setenv("FLOTILLA_BROKER", "mqtt://10.1.2.3:1884", 1);
+  config::apply_mqtt_env(m);
+  ::unsetenv("FLOTILLA_MQTT_PASSWORD");
+  ::unsetenv("FLOTILLA_BROKER");
+  CHECK(m.password == "from-env");
+  CHECK(m.password_file.empty());
+  CHECK(m.broker == "mqtt://10.1.2.3:1884");
+}

@@ -15,14 +15,14 @@ int main(int argc, char** argv) {
   app::CommonFlags flags;
   sim::SimConfig config;
   std::string telemetry = "10s";
-  std::string keepalive = "30s";
+  std::optional<std::string> keepalive;
   std::optional<std::string> password_file;
   app::add_common_flags(cli, flags, "flotilla-sim");
   cli.add_option("--devices", config.devices, "Number of devices")->capture_default_str();
   cli.add_option("--prefix", config.prefix, "Device id prefix")->capture_default_str();
   cli.add_option("--seed", config.seed, "Seed for inventories and readings")->capture_default_str();
   cli.add_option("--telemetry-interval", telemetry, "Telemetry period per device")->capture_default_str();
-  cli.add_option("--keepalive", keepalive, "MQTT keepalive")->capture_default_str();
+  cli.add_option("--keepalive", keepalive, "MQTT keepalive (default: mqtt.keepalive, 30s)");
   cli.add_option("--password-file", password_file, "File holding the password every simulated device uses");
   if (auto code = app::parse(cli, argc, argv)) return *code;
 
@@ -45,13 +45,19 @@ int main(int argc, char** argv) {
   if (flags.broker) config.mqtt.broker = *flags.broker;
   if (password_file) config.mqtt.password_file = *password_file;
   auto t = config::parse_duration(telemetry);
-  auto k = config::parse_duration(keepalive);
-  if (!t || !k) {
-    log::error("{}", !t ? "--telemetry-interval: " + t.error().message : "--keepalive: " + k.error().message);
+  if (!t) {
+    log::error("--telemetry-interval: {}", t.error().message);
     return 2;
   }
   config.telemetry_interval = *t;
-  config.mqtt.keepalive = std::chrono::duration_cast<std::chrono::seconds>(*k);
+  if (keepalive) {
+    auto k = config::parse_duration(*keepalive);
+    if (!k) {
+      log::error("--keepalive: {}", k.error().message);
+      return 2;
+    }
+    config.mqtt.keepalive = std::chrono::duration_cast<std::chrono::seconds>(*k);
+  }
   config.mqtt.session_expiry = std::chrono::seconds(0);
   if (flags.log_level) {
     auto level = log::parse_level(*flags.log_level);

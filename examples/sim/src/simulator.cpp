@@ -15,6 +15,16 @@
 #include "flotilla/sim/fleet_model.hpp"
 
 namespace flotilla::sim {
+namespace {
+
+// Stream ids come from the system's entropy, not from --seed: a rerun with the same seed is a new
+// stream, or the manager would take its readings for duplicates of the previous run's.
+std::uint64_t stream_ids() {
+  static std::random_device entropy;
+  return (std::uint64_t{entropy()} << 32) | entropy();
+}
+
+}  // namespace
 
 struct Simulator::Device {
   std::size_t index = 0;
@@ -80,7 +90,7 @@ Result<std::unique_ptr<Simulator>> Simulator::create(SimConfig config, Transport
         static_cast<std::uint32_t>(std::chrono::duration_cast<std::chrono::seconds>(c.telemetry_interval).count())};
     d->protocol = std::make_unique<agent::DeviceProtocol>(std::move(identity));
     // Simulated devices keep no durable state: each run is a new reading stream.
-    d->protocol->set_stream((s.rng() | 1), 1);
+    d->protocol->set_stream(stream_ids() | 1, 1);
     auto options = config::transport_options(c.mqtt);
     if (!options) return std::move(options).error();
     options->client_id = id->str();

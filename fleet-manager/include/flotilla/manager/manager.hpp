@@ -47,7 +47,7 @@ class Manager {
   void answer(const Message& request);
   v1::RpcResponse dispatch(const v1::RpcRequest& request);
   void request_rebirth(const std::string& device_id, std::int64_t now_ms);
-  Message presence(bool online) const;
+  Message presence(bool online, std::int64_t since_ms) const;
   v1::ManagerStats stats() const;
 
   ManagerConfig config_;
