@@ -263,8 +263,8 @@ TEST_CASE("a real agent reports this host's inventory and health; the CLI shows 
   CHECK(fleet.agent("host-1").terminate(10s) == 0);
   CHECK(Fleet::wait_until(
       [&] {
-        auto d = fleet.device("host-1");
-        return d && !d->record().online();
+        auto gone = fleet.device("host-1");
+        return gone && !gone->record().online();
       },
       5s));
   CHECK(fleet.manager().terminate(10s) == 0);
