@@ -266,7 +266,7 @@ int main(int argc, char** argv) {
   }
   const std::size_t baseline_count = std::min(o.baseline_messages, o.messages);
 
-  const std::filesystem::path parent = o.dir.empty() ? std::filesystem::temp_directory_path() : o.dir;
+  const std::filesystem::path parent = o.dir.empty() ? std::filesystem::temp_directory_path() : std::filesystem::path(o.dir);
   std::string pattern = (parent / "flotilla-bench-ingest-XXXXXX").string();
   if (::mkdtemp(pattern.data()) == nullptr) fail(fmt::format("mkdtemp {}: cannot create", pattern));
   const std::filesystem::path root = pattern;
@@ -290,13 +290,14 @@ int main(int argc, char** argv) {
              "          {} messages (--baseline-messages) because every one waits for an fsync; the other batch\n"
              "          sizes are timed over {} messages (--messages)\n\n",
              baseline_count, o.messages);
+  std::fflush(stdout);
 
   std::vector<RunResult> results;
   for (auto b : batch_sizes) {
     results.push_back(run(o, w, root, b, b == 1 ? baseline_count : o.messages));
     const auto& r = results.back();
-    fmt::print(stderr, "  batch {:>5}: {:>9} messages in {:7.2f} s, durability {}\n", r.batch, r.messages, r.seconds,
-               r.durable_ok ? "OK" : "MISMATCH");
+    fmt::print("  ran batch={}: {} messages in {:.2f} s\n", r.batch, r.messages, r.seconds);
+    std::fflush(stdout);
   }
   if (!o.keep) {
     std::error_code ec;
@@ -304,6 +305,7 @@ int main(int argc, char** argv) {
   }
 
   const RunResult& base = results.front();
+  fmt::print("\n");
   fmt::print("{:>6} {:>9} {:>8} {:>11} {:>9} {:>11} {:>11} {:>7} {:>10} {:>10} {:>12}  {}\n", "batch", "messages",
              "seconds", "msg/s", "us/msg", "p50 ms", "p99 ms", "write%", "vs batch=1", "births/s", "disk B/dev",
              "durability (reopened)");
@@ -322,7 +324,9 @@ int main(int argc, char** argv) {
   }
   fmt::print("\np50/p99 ms: latency of one whole batch (ingest + flush + synced write), i.e. the least a message of\n"
              "that batch waits before it may be acknowledged; write%: share of the time spent in Store::write.\n"
-             "disk B/dev: Store::disk_bytes() / devices at the end of the run (SST + WAL, before compaction).\n");
+             "births/s: the enrolment phase of the same run (births in batches of {}), for reference.\n"
+             "disk B/dev: Store::disk_bytes() / devices at the end of the run (SST + WAL, before compaction).\n",
+             kBirthBatch);
   fmt::print("durability: {}\n", all_ok ? "OK" : "MISMATCH (a correctness failure, not a timing)");
   return all_ok ? 0 : 1;
 }
