@@ -156,9 +156,11 @@ class Child {
     }
     std::vector<std::string> args = argv;
     std::vector<char*> argp;
+    argp.reserve(args.size() + 1);
     for (auto& a : args) argp.push_back(a.data());
     argp.push_back(nullptr);
     std::vector<char*> envp;
+    envp.reserve(env.size() + 1);
     for (auto& e : env) envp.push_back(e.data());
     envp.push_back(nullptr);
     const int rc = posix_spawnp(&pid_, argp[0], &files, &attr, argp.data(), envp.data());
@@ -277,7 +279,10 @@ std::pair<std::uint16_t, std::uint16_t> free_ports() {
     sockaddr_in a = loopback(0);
     socklen_t len = sizeof a;
     if (fds[i] < 0 || ::bind(fds[i], reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||  // NOLINT
-        ::getsockname(fds[i], reinterpret_cast<sockaddr*>(&a), &len) != 0) {              // NOLINT
+        ::getsockname(fds[i], reinterpret_cast<sockaddr*>(&a), &len) != 0) {             // NOLINT
+      for (int fd : fds) {
+        if (fd >= 0) ::close(fd);
+      }
       throw std::runtime_error(fmt::format("cannot pick a free port: {}", std::strerror(errno)));
     }
     out[i] = ntohs(a.sin_port);
@@ -321,6 +326,14 @@ double cpu_seconds(pid_t pid) {
     if (index == 15) stime = std::strtoull(field.c_str(), nullptr, 10);
   }
   return static_cast<double>(utime + stime) / static_cast<double>(::sysconf(_SC_CLK_TCK));
+}
+
+// The first three fields of /proc/loadavg: other work on the machine skews every figure.
+std::string load_average() {
+  std::istringstream in(read_text("/proc/loadavg"));
+  std::string one, five, fifteen;
+  in >> one >> five >> fifteen;
+  return fmt::format("{} {} {}", one, five, fifteen);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -378,7 +391,8 @@ class BareSubscriber {
       throw std::runtime_error(fmt::format("subscriber connect: {}", st.error().message));
     }
     wait_for([&] { return state_->connected.load(); }, "connect");
-    auto id = transport_->subscribe({{topics::all_devices(topics::Channel::telemetry), 1}, {std::string(kSysDropped), 0}});
+    auto id = transport_->subscribe(
+        {{topics::all_devices(topics::Channel::telemetry), 1}, {std::string(kSysDropped), 0}});
     if (!id) throw std::runtime_error(fmt::format("subscriber subscribe: {}", id.error().message));
     wait_for([&] { return state_->subscribed.load() != 0; }, "subscribe");
     if (state_->subscribed.load() < 0) throw std::runtime_error("subscriber: subscription refused: " + error());
@@ -429,7 +443,9 @@ struct Options {
 
 milliseconds duration_flag(const std::string& text, const char* flag) {
   auto d = config::parse_duration(text);
-  if (!d || d->count() <= 0) throw std::invalid_argument(fmt::format("{}: '{}' is not a positive duration", flag, text));
+  if (!d || d->count() <= 0) {
+    throw std::invalid_argument(fmt::format("{}: '{}' is not a positive duration", flag, text));
+  }
   return *d;
 }
 
@@ -469,8 +485,8 @@ class Bench {
   std::string logs() const {
     std::string out;
     std::error_code ec;
-    for (const auto& p : {dir_ / "make-broker-config.log", dir_ / "mosquitto.log", dir_ / "broker" / "data" / "mosquitto.log",
-                          dir_ / "manager.log", dir_ / "sim.log"}) {
+    for (const auto& p : {dir_ / "make-broker-config.log", dir_ / "mosquitto.log",
+                          dir_ / "broker" / "data" / "mosquitto.log", dir_ / "manager.log", dir_ / "sim.log"}) {
       if (!std::filesystem::exists(p, ec)) continue;
       out += fmt::format("==== {}\n{}\n", p.string(), tail(read_text(p), 15));
     }
@@ -521,21 +537,21 @@ void Bench::start_broker() {
   // A port can be taken between choosing and binding it (tests run concurrently): retry.
   for (int attempt = 1;; ++attempt) {
     std::tie(device_port_, service_port_) = free_ports();
-    const int rc = run_to_completion(
-        {script.string(), "--out", (dir_ / "broker").string(), "--device-port", std::to_string(device_port_),
-         "--service-port", std::to_string(service_port_), "--users", (dir_ / "users.txt").string(), "--bind",
-         "127.0.0.1"},
-        dir_ / "make-broker-config.log", seconds(300));
+    const int rc = run_to_completion({script.string(), "--out", (dir_ / "broker").string(), "--device-port",
+                                      std::to_string(device_port_), "--service-port", std::to_string(service_port_),
+                                      "--users", (dir_ / "users.txt").string(), "--bind", "127.0.0.1"},
+                                     dir_ / "make-broker-config.log", seconds(300));
     if (rc != 0) {
-      throw std::runtime_error(fmt::format("make-broker-config exited with {}:\n{}", rc,
-                                           read_text(dir_ / "make-broker-config.log")));
+      throw std::runtime_error(
+          fmt::format("make-broker-config exited with {}:\n{}", rc, read_text(dir_ / "make-broker-config.log")));
     }
     const auto broker_log = dir_ / "broker" / "data" / "mosquitto.log";
     std::error_code ec;
     std::filesystem::remove(broker_log, ec);
-    broker_ = std::make_unique<Child>("mosquitto",
-                                      std::vector<std::string>{find_program(o_.mosquitto), "-c", (dir_ / "broker" / "mosquitto.conf").string()},
-                                      dir_ / "mosquitto.log");
+    broker_ = std::make_unique<Child>(
+        "mosquitto",
+        std::vector<std::string>{find_program(o_.mosquitto), "-c", (dir_ / "broker" / "mosquitto.conf").string()},
+        dir_ / "mosquitto.log");
     const auto deadline = Clock::now() + seconds(10);
     while (broker_->running() && Clock::now() < deadline) {
       check_interrupted();
@@ -614,7 +630,8 @@ void Bench::run() {
   const double offered = static_cast<double>(o_.devices) * 1000.0 / static_cast<double>(interval_.count());
   fmt::print("flotilla-bench-e2e: {} simulated devices, telemetry every {}, measuring window {}\n", o_.devices,
              config::format_duration(interval_), config::format_duration(window_));
-  fmt::print("work dir {}{}\n", dir_.string(), o_.keep ? " (kept)" : " (removed at exit)");
+  fmt::print("work dir {}{}; load average at start: {}\n", dir_.string(), o_.keep ? " (kept)" : " (removed at exit)",
+             load_average());
 
   start_broker();
   fmt::print("mosquitto pid {} on 127.0.0.1:{} (devices) and :{} (services)\n", broker_->pid(), device_port_,
@@ -629,8 +646,8 @@ void Bench::run() {
   sim_ = std::make_unique<Child>(
       "flotilla-sim",
       std::vector<std::string>{sim_bin.string(), "--broker", fmt::format("mqtt://127.0.0.1:{}", device_port_),
-                               "--devices", std::to_string(o_.devices), "--telemetry-interval",
-                               o_.telemetry_interval, "--password-file", (dir_ / "password").string()},
+                               "--devices", std::to_string(o_.devices), "--telemetry-interval", o_.telemetry_interval,
+                               "--password-file", (dir_ / "password").string()},
       dir_ / "sim.log", seconds(60));
   fmt::print("flotilla-sim pid {} started; waiting for {} devices online (timeout {})\n", sim_->pid(), o_.devices,
              config::format_duration(online_timeout_));
@@ -677,10 +694,11 @@ void Bench::run() {
   fmt::print("  manager batches: {:.1f} per second, mean batch {:.1f} messages (one synced RocksDB write each)\n",
              static_cast<double>(batches) / dt,
              batches > 0 ? static_cast<double>(ingested) / static_cast<double>(batches) : 0.0);
-  fmt::print("  manager RSS {:.1f} MiB = {:.0f} bytes per device (registry of {} devices); mosquitto RSS {:.1f} MiB, "
-             "flotilla-sim RSS {:.1f} MiB\n",
-             static_cast<double>(rss) / 1048576.0, static_cast<double>(rss) / static_cast<double>(o_.devices),
-             b.stats.devices(), static_cast<double>(broker_rss) / 1048576.0, static_cast<double>(sim_rss) / 1048576.0);
+  fmt::print(
+      "  manager RSS {:.1f} MiB = {:.0f} bytes per device (registry of {} devices); mosquitto RSS {:.1f} MiB, "
+      "flotilla-sim RSS {:.1f} MiB\n",
+      static_cast<double>(rss) / 1048576.0, static_cast<double>(rss) / static_cast<double>(o_.devices),
+      b.stats.devices(), static_cast<double>(broker_rss) / 1048576.0, static_cast<double>(sim_rss) / 1048576.0);
   std::string cpu;
   for (const auto& [name, secs] : b.cpu) {
     cpu += fmt::format("{}{} {:.0f}%", cpu.empty() ? "" : ", ", name, 100.0 * (secs - a.cpu.at(name)) / dt);
@@ -707,8 +725,9 @@ void Bench::run() {
 
 int main(int argc, char** argv) {
   Options o;
-  CLI::App cli{"Flotilla end-to-end ingest benchmark: Mosquitto + flotilla-manager + flotilla-sim, manager ingest vs. "
-               "a bare MQTT subscriber on the same traffic."};
+  CLI::App cli{
+      "Flotilla end-to-end ingest benchmark: Mosquitto + flotilla-manager + flotilla-sim, manager ingest vs. "
+      "a bare MQTT subscriber on the same traffic."};
   cli.add_option("--devices", o.devices, "Simulated devices")->capture_default_str();
   cli.add_option("--telemetry-interval", o.telemetry_interval, "Telemetry period per device")->capture_default_str();
   cli.add_option("--window", o.window, "Measuring window")->capture_default_str();

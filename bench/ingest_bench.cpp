@@ -10,10 +10,12 @@
 #include <algorithm>
 #include <charconv>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <memory>
 #include <numeric>
 #include <optional>
@@ -134,10 +136,18 @@ Workload build_workload(const Options& o, std::size_t telemetry_count) {
   return w;
 }
 
+// The first three fields of /proc/loadavg.
+std::string load_average() {
+  std::ifstream in("/proc/loadavg");
+  std::string one, five, fifteen;
+  in >> one >> five >> fifteen;
+  return fmt::format("{} {} {}", one, five, fifteen);
+}
+
 double percentile(std::vector<double> values, double p) {
   if (values.empty()) return 0;
   std::sort(values.begin(), values.end());
-  const auto rank = static_cast<std::size_t>(p * static_cast<double>(values.size() - 1) + 0.5);
+  const auto rank = static_cast<std::size_t>(std::lround(p * static_cast<double>(values.size() - 1)));
   return values[std::min(rank, values.size() - 1)];
 }
 
@@ -266,7 +276,8 @@ int main(int argc, char** argv) {
   }
   const std::size_t baseline_count = std::min(o.baseline_messages, o.messages);
 
-  const std::filesystem::path parent = o.dir.empty() ? std::filesystem::temp_directory_path() : std::filesystem::path(o.dir);
+  const std::filesystem::path parent = o.dir.empty() ? std::filesystem::temp_directory_path()
+                                                     : std::filesystem::path(o.dir);
   std::string pattern = (parent / "flotilla-bench-ingest-XXXXXX").string();
   if (::mkdtemp(pattern.data()) == nullptr) fail(fmt::format("mkdtemp {}: cannot create", pattern));
   const std::filesystem::path root = pattern;
@@ -282,14 +293,17 @@ int main(int argc, char** argv) {
 
   fmt::print("flotilla-bench-ingest: Registry::ingest + flush + Store::write(sync=true) per batch, RocksDB in {}\n",
              root.string());
-  fmt::print("workload: {} devices; per run a fresh store, {} births first (enrolment, batches of {}, not in the\n"
-             "          figures), then telemetry round-robin; payloads pre-encoded in {:.1f} s (birth {:.0f} B,\n"
-             "          telemetry {:.0f} B on average)\n",
-             o.devices, o.devices, kBirthBatch, prep_s, avg(w.births), avg(w.telemetry));
-  fmt::print("baseline: batch=1, one WAL sync per message (acknowledging each message on its own), timed over\n"
-             "          {} messages (--baseline-messages) because every one waits for an fsync; the other batch\n"
-             "          sizes are timed over {} messages (--messages)\n\n",
-             baseline_count, o.messages);
+  fmt::print("load average at start: {} (other work on the machine skews every figure)\n", load_average());
+  fmt::print(
+      "workload: {} devices; per run a fresh store, {} births first (enrolment, batches of {}, not in the\n"
+      "          figures), then telemetry round-robin; payloads pre-encoded in {:.1f} s (birth {:.0f} B,\n"
+      "          telemetry {:.0f} B on average)\n",
+      o.devices, o.devices, kBirthBatch, prep_s, avg(w.births), avg(w.telemetry));
+  fmt::print(
+      "baseline: batch=1, one WAL sync per message (acknowledging each message on its own), timed over\n"
+      "          {} messages (--baseline-messages) because every one waits for an fsync; the other batch\n"
+      "          sizes are timed over {} messages (--messages)\n\n",
+      baseline_count, o.messages);
   std::fflush(stdout);
 
   std::vector<RunResult> results;
@@ -312,21 +326,23 @@ int main(int argc, char** argv) {
   bool all_ok = true;
   for (const auto& r : results) {
     all_ok = all_ok && r.durable_ok;
-    fmt::print("{:>6} {:>9} {:>8.2f} {:>11.0f} {:>9.2f} {:>11.3f} {:>11.3f} {:>6.0f}% {:>9.1f}x {:>10.0f} {:>12.0f}  {}\n",
-               r.batch, r.messages, r.seconds, r.rate(), r.us_per_message(), r.p50_ms, r.p99_ms,
-               r.seconds > 0 ? 100.0 * r.write_seconds / r.seconds : 0.0, base.rate() > 0 ? r.rate() / base.rate() : 0,
-               r.birth_seconds > 0 ? static_cast<double>(o.devices) / r.birth_seconds : 0.0,
-               static_cast<double>(r.disk_bytes) / static_cast<double>(o.devices), r.durable_ok ? "OK" : "MISMATCH");
+    fmt::print(
+        "{:>6} {:>9} {:>8.2f} {:>11.0f} {:>9.2f} {:>11.3f} {:>11.3f} {:>6.0f}% {:>9.1f}x {:>10.0f} {:>12.0f}  {}\n",
+        r.batch, r.messages, r.seconds, r.rate(), r.us_per_message(), r.p50_ms, r.p99_ms,
+        r.seconds > 0 ? 100.0 * r.write_seconds / r.seconds : 0.0, base.rate() > 0 ? r.rate() / base.rate() : 0,
+        r.birth_seconds > 0 ? static_cast<double>(o.devices) / r.birth_seconds : 0.0,
+        static_cast<double>(r.disk_bytes) / static_cast<double>(o.devices), r.durable_ok ? "OK" : "MISMATCH");
   }
   fmt::print("\ndurability check, store closed and reopened after each run:\n");
   for (const auto& r : results) {
     fmt::print("  batch {:>5}: {:8} {}\n", r.batch, r.durable_ok ? "OK" : "MISMATCH", r.durable_detail);
   }
-  fmt::print("\np50/p99 ms: latency of one whole batch (ingest + flush + synced write), i.e. the least a message of\n"
-             "that batch waits before it may be acknowledged; write%: share of the time spent in Store::write.\n"
-             "births/s: the enrolment phase of the same run (births in batches of {}), for reference.\n"
-             "disk B/dev: Store::disk_bytes() / devices at the end of the run (SST + WAL, before compaction).\n",
-             kBirthBatch);
+  fmt::print(
+      "\np50/p99 ms: latency of one whole batch (ingest + flush + synced write), i.e. the least a message of\n"
+      "that batch waits before it may be acknowledged; write%: share of the time spent in Store::write.\n"
+      "births/s: the enrolment phase of the same run (births in batches of {}), for reference.\n"
+      "disk B/dev: Store::disk_bytes() / devices at the end of the run (SST + WAL, before compaction).\n",
+      kBirthBatch);
   fmt::print("durability: {}\n", all_ok ? "OK" : "MISMATCH (a correctness failure, not a timing)");
   return all_ok ? 0 : 1;
 }

@@ -75,4 +75,13 @@ std::string to_string(const Node& node);
 // Negative, zero or positive like strcmp.
 int compare_versions(std::string_view a, std::string_view b);
 
+// A number value of the language: decimal as std::from_chars reads it (42, -1.5, 1e9); nullopt
+// when malformed or not finite.
+std::optional<double> parse_number(std::string_view text);
+
+// A time value of the language as Unix ms: an integer of Unix ms, ISO-8601 UTC
+// (2026-11-20, 2026-11-20T10:00:00Z, 2026-11-20T10:00:00.250Z) or relative to `now_ms`
+// (-5m; units ms, s, m, h, d). nullopt when malformed.
+std::optional<std::int64_t> resolve_time(std::string_view text, std::int64_t now_ms);
+
 }  // namespace flotilla::manager::query

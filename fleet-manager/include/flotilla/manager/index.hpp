@@ -1,0 +1,137 @@
+#pragma once
+// The fleet index: every device's queryable facts in memory, organised for fast answers at a
+// million devices. Rebuilt from the Store at start-up and updated in the reactor right after each
+// batch commits, so a query answered after an acknowledged write always sees it. Owned by the
+// manager's reactor thread; not thread-safe.
+//
+// Layout: each device has a dense slot. Text-like fields are dictionary-encoded columns
+// (slot -> value id) with a bitset of slots per distinct value, so equality, wildcard, version
+// ranges and group-by work on distinct values instead of devices; fields with too many distinct
+// values for bitsets (ids, serials) keep the column only. Numbers and times are plain columns
+// scanned for ranges. Multi-valued fields (tags, groups, installed software) keep a bitset per
+// value. A predicate the index cannot answer directly falls back to a filtered scan of the
+// candidate slots with the reference evaluator.
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "flotilla/manager/query.hpp"
+#include "flotilla/manager/query_eval.hpp"
+
+namespace flotilla::manager {
+
+// All queryable values of one device as (field, value) pairs; numbers and times as decimal text.
+struct DeviceFacts {
+  std::string id;
+  std::vector<std::pair<std::string, std::string>> values;
+};
+
+// Facts come in three parts that change at different rates: the registry record (presence,
+// labels), the inventory (rarely) and the latest telemetry (every reading).
+enum class FactPart { record, inventory, telemetry };
+FactPart part_of(std::string_view field);
+
+// A set of slots as a dense bitset.
+class SlotSet {
+ public:
+  void resize(std::size_t slots) { words_.resize((slots + 63) / 64, 0); }
+  void set(std::uint32_t slot);
+  void reset(std::uint32_t slot);
+  bool test(std::uint32_t slot) const;
+  std::uint64_t count() const;
+  void and_with(const SlotSet& other);
+  void or_with(const SlotSet& other);
+  void and_not(const SlotSet& other);
+  // Calls f(slot) for every member in increasing order.
+  template <typename F>
+  void for_each(F&& f) const {
+    for (std::size_t w = 0; w < words_.size(); ++w) {
+      std::uint64_t bits = words_[w];
+      while (bits != 0) {
+        const int b = __builtin_ctzll(bits);
+        f(static_cast<std::uint32_t>(w * 64 + static_cast<std::size_t>(b)));
+        bits &= bits - 1;
+      }
+    }
+  }
+  std::size_t bytes() const { return words_.size() * sizeof(std::uint64_t); }
+
+ private:
+  std::vector<std::uint64_t> words_;
+};
+
+struct SortKey {
+  std::string field;
+  bool descending = false;
+};
+
+struct QueryOptions {
+  std::optional<SortKey> sort;  // default: by id
+  std::uint32_t limit = 100;
+  std::string cursor;           // opaque, from a previous page
+  std::vector<std::string> fields;  // projection; empty: the default summary fields
+};
+
+struct QueryRow {
+  std::string id;
+  std::vector<std::pair<std::string, std::string>> values;  // projected fields
+};
+
+struct QueryPage {
+  std::vector<QueryRow> rows;
+  std::uint64_t total = 0;  // matches of the whole query
+  std::string next_cursor;  // empty on the last page
+};
+
+struct Stats {
+  std::uint64_t count = 0;  // devices with a numeric value for the field
+  double min = 0, max = 0, sum = 0, avg = 0;
+  double p50 = 0, p90 = 0, p99 = 0;
+  std::uint64_t distinct = 0;
+};
+
+class FleetIndex {
+ public:
+  FleetIndex();
+  ~FleetIndex();
+  FleetIndex(FleetIndex&&) noexcept;
+  FleetIndex& operator=(FleetIndex&&) noexcept;
+
+  // Inserts or replaces all of a device's facts.
+  void upsert(const DeviceFacts& facts);
+  // Replaces one part of a device's facts (the device is created when new).
+  void update(const DeviceFacts& facts, FactPart part);
+  void erase(std::string_view id);
+  std::size_t size() const;
+
+  // Devices matching the query. Errors: invalid_argument (e.g. sorting by a multi-valued field,
+  // a bad cursor).
+  Result<QueryPage> query(const query::Node& where, const QueryOptions& options, std::int64_t now_ms) const;
+  std::uint64_t count(const query::Node& where, std::int64_t now_ms) const;
+  // Count of matching devices per value of `field` (devices without the field count under "").
+  Result<std::vector<std::pair<std::string, std::uint64_t>>> count_by(std::string_view field,
+                                                                        const query::Node& where,
+                                                                        std::int64_t now_ms) const;
+  // Statistics of a numeric or time field over matching devices; `distinct` works for any field.
+  Result<Stats> stats(std::string_view field, const query::Node& where, std::int64_t now_ms) const;
+  // The plan: how each node of the query is answered, with estimated and actual sizes.
+  std::string explain(const query::Node& where, std::int64_t now_ms) const;
+  // Reference view of one device (for groups explain and tests); nullopt when unknown.
+  std::optional<DeviceFacts> facts(std::string_view id) const;
+
+  // Approximate memory in bytes, split into software inventory and everything else.
+  std::pair<std::size_t, std::size_t> memory_bytes() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace flotilla::manager

@@ -1,0 +1,123 @@
+#include "flotilla/manager/facts.hpp"
+
+#include <algorithm>
+#include <limits>
+
+#include <fmt/format.h>
+
+#include "flotilla/manager/fields.hpp"
+
+namespace flotilla::manager {
+namespace {
+
+void add(DeviceFacts& out, std::string field, std::string value) {
+  if (!value.empty()) out.values.emplace_back(std::move(field), std::move(value));
+}
+
+std::string number(double v) {
+  if (v == static_cast<double>(static_cast<std::int64_t>(v))) return fmt::format("{}", static_cast<std::int64_t>(v));
+  return fmt::format("{}", v);
+}
+
+}  // namespace
+
+void add_record_facts(const v1::DeviceRecord& r, DeviceFacts& out) {
+  add(out, "kind", std::string(kind_name(r.kind())));
+  add(out, "tenant", r.tenant());
+  add(out, "site", r.site());
+  add(out, "gateway", r.gateway_id());
+  add(out, "agent.version", r.agent_version());
+  add(out, "online", r.online() ? "true" : "false");
+  if (r.last_seen_ms() != 0) add(out, "last_seen", std::to_string(r.last_seen_ms()));
+  if (r.first_seen_ms() != 0) add(out, "first_seen", std::to_string(r.first_seen_ms()));
+  if (r.online() && r.connected_since_ms() != 0) add(out, "connected_since", std::to_string(r.connected_since_ms()));
+  for (const auto& t : r.tags()) add(out, "tag", t);
+}
+
+void add_inventory_facts(const v1::Inventory& inv, DeviceFacts& out) {
+  add(out, "hardware.vendor", inv.hardware().vendor());
+  add(out, "hardware.model", inv.hardware().model());
+  add(out, "hardware.serial", inv.hardware().serial());
+  add(out, "firmware.version", inv.hardware().firmware_version());
+  add(out, "os.name", inv.os().name());
+  add(out, "os.id", inv.os().id());
+  add(out, "os.version", inv.os().version());
+  add(out, "os.kernel", inv.os().kernel());
+  add(out, "cpu.model", inv.cpu().model());
+  if (inv.cpu().logical_cores() != 0) add(out, "cpu.cores", std::to_string(inv.cpu().logical_cores()));
+  if (inv.memory_total_bytes() != 0) add(out, "memory.total", std::to_string(inv.memory_total_bytes()));
+  add(out, "software.count", std::to_string(inv.packages_size()));
+  for (const auto& p : inv.packages()) {
+    if (!p.name().empty()) add(out, "software." + p.name(), p.version().empty() ? "0" : p.version());
+  }
+}
+
+void add_telemetry_facts(const v1::Telemetry& t, DeviceFacts& out) {
+  const bool host_metrics = t.memory_total_bytes() != 0 || t.mounts_size() > 0;
+  if (host_metrics) {
+    add(out, "telemetry.cpu", number(t.cpu_percent()));
+    add(out, "telemetry.load1", number(t.load1()));
+  }
+  if (t.memory_total_bytes() != 0) {
+    const double used = 100.0 * static_cast<double>(t.memory_total_bytes() - std::min(t.memory_total_bytes(), t.memory_available_bytes())) /
+                        static_cast<double>(t.memory_total_bytes());
+    add(out, "telemetry.memory.used_pct", number(used));
+    add(out, "telemetry.memory.available", std::to_string(t.memory_available_bytes()));
+  }
+  // Disk: the root filesystem, or the largest mount when there is no root.
+  const v1::MountUsage* disk = nullptr;
+  for (const auto& m : t.mounts()) {
+    if (m.mount_point() == "/") {
+      disk = &m;
+      break;
+    }
+    if (disk == nullptr || m.total_bytes() > disk->total_bytes()) disk = &m;
+  }
+  if (disk != nullptr && disk->total_bytes() != 0) {
+    add(out, "telemetry.disk.free", std::to_string(disk->available_bytes()));
+    add(out, "telemetry.disk.used_pct",
+        number(100.0 * static_cast<double>(disk->used_bytes()) / static_cast<double>(disk->total_bytes())));
+  }
+  if (t.uptime_s() != 0) add(out, "telemetry.uptime", std::to_string(t.uptime_s()));
+  if (t.temperatures_size() > 0) {
+    double hottest = -std::numeric_limits<double>::infinity();
+    for (const auto& temp : t.temperatures()) hottest = std::max(hottest, temp.celsius());
+    add(out, "telemetry.cpu.temp", number(hottest));
+  }
+  if (t.batteries_size() > 0) {
+    double lowest = std::numeric_limits<double>::infinity();
+    for (const auto& b : t.batteries()) lowest = std::min(lowest, b.percent());
+    add(out, "telemetry.battery", number(lowest));
+  }
+  for (const auto& [name, value] : t.metrics()) {
+    const std::string field = "telemetry." + name;
+    if (query::find_field(field) && !std::any_of(out.values.begin(), out.values.end(),
+                                                 [&](const auto& kv) { return kv.first == field; })) {
+      add(out, field, number(value));
+    }
+  }
+}
+
+DeviceFacts facts_of(const v1::DeviceRecord& record, const v1::Inventory* inventory, const v1::Telemetry* telemetry) {
+  DeviceFacts f;
+  f.id = record.device_id();
+  add_record_facts(record, f);
+  if (inventory != nullptr) add_inventory_facts(*inventory, f);
+  if (telemetry != nullptr) add_telemetry_facts(*telemetry, f);
+  return f;
+}
+
+void FactsView::values(std::string_view field, std::vector<std::string>& out) const {
+  if (field == "id") {
+    out.push_back(facts_.id);
+    return;
+  }
+  for (const auto& [name, value] : facts_.values) {
+    if (name == field) out.push_back(value);
+    else if (field == "software.name" && name.starts_with("software.") && name != "software.count") {
+      out.push_back(name.substr(9));
+    }
+  }
+}
+
+}  // namespace flotilla::manager
