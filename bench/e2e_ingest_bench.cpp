@@ -101,13 +101,14 @@ std::string read_text(const std::filesystem::path& path) {
 }
 
 std::string tail(const std::string& text, std::size_t lines) {
-  std::size_t pos = text.size();
-  for (std::size_t n = 0; n <= lines && pos > 0; ++n) {
-    const auto nl = text.rfind('\n', pos - 1);
-    if (nl == std::string::npos) return text;
-    pos = nl;
+  std::size_t start = text.size();
+  std::size_t seen = 0;
+  while (start > 0) {
+    // Skip the newline that ends the text, count the others.
+    if (text[start - 1] == '\n' && start != text.size() && ++seen == lines) break;
+    --start;
   }
-  return text.substr(pos + 1);
+  return text.substr(start);
 }
 
 void write_text(const std::filesystem::path& path, const std::string& text, mode_t mode) {
@@ -751,7 +752,11 @@ int main(int argc, char** argv) {
     bench->run();
   } catch (const std::exception& e) {
     fmt::print(stderr, "flotilla-bench-e2e: {}\n", e.what());
-    if (bench) fmt::print(stderr, "{}", bench->logs());
+    try {
+      if (bench && g_signal == 0) fmt::print(stderr, "{}", bench->logs());
+    } catch (const std::exception& again) {
+      fmt::print(stderr, "(logs unavailable: {})\n", again.what());
+    }
     return 1;
   }
   return 0;

@@ -3,7 +3,7 @@
 #
 #   bash scripts/build.sh
 #
-# Environment: BUILD_DIR (default: build/ in the repository), BUILD_TYPE (default
+# Environment: BUILD_DIR (default build/; relative to the repository root), BUILD_TYPE (default
 # RelWithDebInfo), JOBS (default: nproc), CMAKE_ARGS (extra configure arguments, split on blanks).
 set -euo pipefail
 

@@ -21,6 +21,7 @@ set -euo pipefail
 
 ROOT="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)"
 readonly ROOT
+readonly caller_dir="$PWD"  # printed commands are relative to it
 cd "$ROOT"
 
 work="${FLOTILLA_DEMO_DIR:-/tmp/flotilla-demo}"
@@ -29,6 +30,7 @@ agent_id="${FLOTILLA_DEMO_AGENT_ID:-demo-host}"
 ready_timeout="${FLOTILLA_DEMO_READY_TIMEOUT:-180}"
 exit_after_ready="${FLOTILLA_DEMO_EXIT_AFTER_READY:-0}"
 build_dir="${BUILD_DIR:-$ROOT/build}"
+[[ "$build_dir" == /* ]] || build_dir="$ROOT/$build_dir"  # as scripts/build.sh reads it
 readonly sim_prefix="sim" agent_keepalive=10 max_manager_restarts=5
 
 say() { printf 'demo: %s\n' "$*"; }
@@ -61,9 +63,13 @@ cli_bin="$build_dir/cli/flotilla"
 for bin in "$manager_bin" "$agent_bin" "$sim_bin" "$cli_bin"; do
   [[ -x "$bin" ]] || die "$bin was not built"
 done
-command -v mosquitto >/dev/null || die "mosquitto not found (run scripts/install-deps.sh)"
+# Debian installs mosquitto in /usr/sbin, which is not on an ordinary user's PATH.
+mosquitto_bin="$(command -v mosquitto || true)"
+[[ -n "$mosquitto_bin" ]] || mosquitto_bin=/usr/sbin/mosquitto
+[[ -x "$mosquitto_bin" ]] || die "mosquitto not found (run scripts/install-deps.sh)"
 
 mkdir -p -- "$work"
+[[ -O "$work" ]] || die "$work belongs to another user; set FLOTILLA_DEMO_DIR"
 work="$(cd -- "$work" && pwd -P)"
 [[ "$work" =~ ^[A-Za-z0-9._/+-]+$ ]] || die "FLOTILLA_DEMO_DIR resolves to '$work', which mosquitto.conf cannot hold"
 readonly work
@@ -245,7 +251,7 @@ for attempt in 1 2 3; do
   deploy/mosquitto/make-broker-config --out "$work/broker" --device-port "$device_port" \
     --service-port "$service_port" --users "$secrets/users.txt" >>"$logs/make-broker-config.log" 2>&1 \
     || { tail -n 5 "$logs/make-broker-config.log" >&2; die "make-broker-config failed"; }
-  start mosquitto mosquitto -c "$work/broker/mosquitto.conf"
+  start mosquitto "$mosquitto_bin" -c "$work/broker/mosquitto.conf"
   for ((i = 0; i < 100; i++)); do
     check_stop
     alive "${pids[mosquitto]}" || break
@@ -314,9 +320,9 @@ echo
 cli devices count --by kind || true
 
 # --- what to try -----------------------------------------------------------------------------
-# Commands are printed relative to the current directory when the binary lies below it.
+# Commands are printed relative to the caller's directory when the binary lies below it.
 cli_cmd="$cli_bin"
-[[ "$cli_cmd" == "$PWD"/* ]] && cli_cmd="${cli_cmd#"$PWD"/}"
+[[ "$cli_cmd" == "$caller_dir"/* ]] && cli_cmd="${cli_cmd#"$caller_dir"/}"
 cli_cmd="$cli_cmd --config $work/cli.toml"
 cat <<EOF
 

@@ -28,7 +28,16 @@ constexpr std::string_view kClientIdPrefix = "flotilla-cli";
 // Devices per ListDevices page: about 300 KiB of reply at ~300 B a record.
 constexpr std::uint32_t kPageSize = 1000;
 
-enum class Command { none, devices_list, devices_show, devices_count, devices_rebirth, manager_status };
+enum class Command {
+  none,
+  devices_list,
+  devices_show,
+  devices_count,
+  devices_query,
+  devices_stats,
+  devices_rebirth,
+  manager_status
+};
 
 // Everything the command line said, before any file or environment is consulted.
 struct Invocation {
@@ -42,6 +51,15 @@ struct Invocation {
   std::uint64_t limit = 0;  // devices list: 0 = no limit
   std::string device_id;
   std::string by;
+  std::string where;  // count --where, stats --where
+  std::string query;  // devices query
+  std::string sort;
+  bool descending = false;
+  std::uint32_t page_limit = 0;  // devices query --limit: 0 = the manager's default
+  std::string cursor;
+  std::vector<std::string> fields;
+  bool explain = false;
+  std::string field;  // devices stats
 };
 
 // The resolved settings of one run.
@@ -228,11 +246,40 @@ int devices_show(Session& session, const Invocation& inv, const Settings& s, std
 int devices_count(Session& session, const Invocation& inv, const Settings& s, std::ostream& out, std::ostream& err) {
   v1::RpcRequest request;
   request.mutable_count_devices()->set_by(inv.by);
+  request.mutable_count_devices()->set_where(inv.where);
   auto reply = session.call(request, v1::RpcResponse::kCountDevices, fmt::format("count by {}", inv.by));
   if (auto* f = std::get_if<Failure>(&reply)) return fail(*f, err);
   const auto& counts = std::get<v1::RpcResponse>(reply).count_devices();
   return emit(
       s, counts, [&] { return render_count_table(counts); }, out, err);
+}
+
+int devices_query(Session& session, const Invocation& inv, const Settings& s, std::ostream& out, std::ostream& err) {
+  v1::RpcRequest request;
+  auto* q = request.mutable_query_devices();
+  q->set_query(inv.query);
+  q->set_sort(inv.sort);
+  q->set_descending(inv.descending);
+  q->set_limit(inv.page_limit);
+  q->set_cursor(inv.cursor);
+  for (const auto& f : inv.fields) q->add_fields(f);
+  q->set_explain(inv.explain);
+  auto reply = session.call(request, v1::RpcResponse::kQueryDevices, "query");
+  if (auto* f = std::get_if<Failure>(&reply)) return fail(*f, err);
+  const auto& page = std::get<v1::RpcResponse>(reply).query_devices();
+  return emit(
+      s, page, [&] { return render_query_table(page, unix_now_ms()); }, out, err);
+}
+
+int devices_stats(Session& session, const Invocation& inv, const Settings& s, std::ostream& out, std::ostream& err) {
+  v1::RpcRequest request;
+  request.mutable_device_stats()->set_field(inv.field);
+  request.mutable_device_stats()->set_where(inv.where);
+  auto reply = session.call(request, v1::RpcResponse::kDeviceStats, fmt::format("stats of {}", inv.field));
+  if (auto* f = std::get_if<Failure>(&reply)) return fail(*f, err);
+  const auto& stats = std::get<v1::RpcResponse>(reply).device_stats();
+  return emit(
+      s, stats, [&] { return render_stats(stats); }, out, err);
 }
 
 int devices_rebirth(Session& session, const Invocation& inv, const Settings& s, std::ostream& out, std::ostream& err) {
@@ -273,6 +320,8 @@ int execute(const Invocation& inv, std::ostream& out, std::ostream& err) {
     case Command::devices_list: return devices_list(session, inv, settings, out, err);
     case Command::devices_show: return devices_show(session, inv, settings, out, err);
     case Command::devices_count: return devices_count(session, inv, settings, out, err);
+    case Command::devices_query: return devices_query(session, inv, settings, out, err);
+    case Command::devices_stats: return devices_stats(session, inv, settings, out, err);
     case Command::devices_rebirth: return devices_rebirth(session, inv, settings, out, err);
     case Command::manager_status: return manager_status(session, settings, out, err);
     case Command::none: break;
@@ -355,12 +404,25 @@ int run(int argc, char** argv, std::ostream& out, std::ostream& err) {
   auto* show = devices->add_subcommand("show", "Show one device: record, inventory summary, latest telemetry");
   show->add_option("id", inv.device_id, "Device id")->required();
   auto* count = devices->add_subcommand("count", "Count devices grouped by a field");
-  count
-      ->add_option("--by", inv.by,
-                   "Field: kind, online, os.name, os.version, os.kernel, firmware.version, "
-                   "hardware.vendor, hardware.model, tenant, site, agent.version, gateway")
+  count->add_option("--by", inv.by, "Field to group by, e.g. kind, os.version, firmware.version, tag (docs/query.md)")
       ->required()
       ->type_name("FIELD");
+  count->add_option("--where", inv.where, "Only devices matching this query")->type_name("QUERY");
+  auto* query = devices->add_subcommand("query", "Devices matching a query (docs/query.md), sorted and paged");
+  query->add_option("query", inv.query, "The query; empty or omitted: every device");
+  query->add_option("--sort", inv.sort, "Sort by this field (default id)")->type_name("FIELD");
+  query->add_flag("--desc", inv.descending, "Sort in descending order");
+  query->add_option("--limit", inv.page_limit, "Devices per page (default 100, at most 5000)")
+      ->check(CLI::Range(1, 5000))
+      ->type_name("N");
+  query->add_option("--cursor", inv.cursor, "Continue after this device (the next_cursor of a previous page)")
+      ->type_name("ID");
+  query->add_option("--fields", inv.fields, "Fields to show, comma-separated")->delimiter(',')->type_name("F,...");
+  query->add_flag("--explain", inv.explain, "Also print how the manager answered the query");
+  auto* stats = devices->add_subcommand("stats", "Min, max, average, sum and percentiles of a field");
+  stats->add_option("field", inv.field, "A numeric or time field, e.g. telemetry.cpu; others: count and distinct")
+      ->required();
+  stats->add_option("--where", inv.where, "Only devices matching this query")->type_name("QUERY");
   auto* rebirth = devices->add_subcommand("rebirth", "Ask a device to republish its birth (identity and inventory)");
   rebirth->add_option("id", inv.device_id, "Device id")->required();
 
@@ -382,7 +444,7 @@ int run(int argc, char** argv, std::ostream& out, std::ostream& err) {
     return fail(usage("a command is required: devices or manager (see flotilla --help)"), err);
   }
   if (devices->parsed() && devices->get_subcommands().empty()) {
-    return fail(usage("devices: a subcommand is required: list, show, count or rebirth "
+    return fail(usage("devices: a subcommand is required: list, show, count, query, stats or rebirth "
                       "(see flotilla devices --help)"),
                 err);
   }
@@ -392,6 +454,8 @@ int run(int argc, char** argv, std::ostream& out, std::ostream& err) {
   if (list->parsed()) inv.command = Command::devices_list;
   else if (show->parsed()) inv.command = Command::devices_show;
   else if (count->parsed()) inv.command = Command::devices_count;
+  else if (query->parsed()) inv.command = Command::devices_query;
+  else if (stats->parsed()) inv.command = Command::devices_stats;
   else if (rebirth->parsed()) inv.command = Command::devices_rebirth;
   else if (status->parsed()) inv.command = Command::manager_status;
 

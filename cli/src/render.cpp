@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <charconv>
 #include <map>
 
 #include <fmt/format.h>
@@ -310,6 +311,55 @@ std::string render_manager_stats(const v1::ManagerStats& s, std::int64_t now_ms)
   append_counters(out, "Dropped", s.dropped());
   append_counters(out, "Events", s.events());
   return out;
+}
+
+std::string render_query_table(const v1::QueryDevicesResponse& page, std::int64_t now_ms) {
+  std::vector<std::vector<std::string>> rows;
+  std::vector<std::string> header{"ID"};
+  if (!page.rows().empty()) {
+    for (const auto& v : page.rows(0).values()) {
+      std::string name = v.name();
+      for (auto& c : name) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+      header.push_back(std::move(name));
+    }
+  }
+  rows.push_back(std::move(header));
+  for (const auto& r : page.rows()) {
+    std::vector<std::string> row{r.device_id()};
+    for (const auto& v : r.values()) {
+      const bool time = v.name() == "last_seen" || v.name() == "first_seen" || v.name() == "connected_since";
+      std::int64_t ms = 0;
+      const auto [ptr, ec] = std::from_chars(v.value().data(), v.value().data() + v.value().size(), ms);
+      if (time && ec == std::errc{} && ptr == v.value().data() + v.value().size())
+        row.push_back(format_age(ms, now_ms));
+      else row.push_back(v.value().empty() ? "-" : v.value());
+    }
+    rows.push_back(std::move(row));
+  }
+  std::string out = page.rows().empty() ? std::string() : render_columns(rows);
+  out += fmt::format("{} of {} matching devices\n", page.rows_size(), page.total());
+  if (!page.next_cursor().empty()) out += fmt::format("next page: --cursor {}\n", page.next_cursor());
+  if (!page.plan().empty()) out += "\nPlan:\n" + page.plan();
+  return out;
+}
+
+std::string render_stats(const v1::DeviceStats& s) {
+  std::vector<std::vector<std::string>> rows{{"FIELD", s.field()},
+                                             {"MATCHED", std::to_string(s.matched())},
+                                             {"WITH VALUE", std::to_string(s.count())},
+                                             {"DISTINCT", std::to_string(s.distinct())}};
+  if (s.count() > 0 && (s.min() != 0 || s.max() != 0 || s.sum() != 0)) {
+    for (auto [name, v] : {std::pair{"MIN", s.min()},
+                           {"MAX", s.max()},
+                           {"AVG", s.avg()},
+                           {"SUM", s.sum()},
+                           {"P50", s.p50()},
+                           {"P90", s.p90()},
+                           {"P99", s.p99()}}) {
+      rows.push_back({name, fmt::format("{:.6g}", v)});
+    }
+  }
+  return render_columns(rows);
 }
 
 Result<std::string> to_json(const google::protobuf::Message& message) {

@@ -24,7 +24,8 @@ Status write_file_durably(const std::filesystem::path& path, const std::string& 
   if (fd < 0) return make_error(Errc::io_error, "cannot write {}", tmp);
   const bool ok = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()) && ::fsync(fd) == 0;
   ::close(fd);
-  if (!ok || ::rename(tmp.c_str(), path.c_str()) != 0) return make_error(Errc::io_error, "cannot write {}", path.string());
+  if (!ok || ::rename(tmp.c_str(), path.c_str()) != 0)
+    return make_error(Errc::io_error, "cannot write {}", path.string());
   const int dir = ::open(path.parent_path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dir >= 0) {
     (void)::fsync(dir);
@@ -34,9 +35,16 @@ Status write_file_durably(const std::filesystem::path& path, const std::string& 
 }
 
 Identity identity_from(const AgentConfig& c) {
-  Identity id{DeviceId::parse(c.device_id).value(), v1::DEVICE_KIND_COMPUTER, flotilla::version, c.tenant, c.site,
-              c.tags, {}, static_cast<std::uint32_t>(c.mqtt.keepalive.count()),
-              static_cast<std::uint32_t>(std::chrono::duration_cast<std::chrono::seconds>(c.telemetry_interval).count())};
+  Identity id{
+      DeviceId::parse(c.device_id).value(),
+      v1::DEVICE_KIND_COMPUTER,
+      flotilla::version,
+      c.tenant,
+      c.site,
+      c.tags,
+      {},
+      static_cast<std::uint32_t>(c.mqtt.keepalive.count()),
+      static_cast<std::uint32_t>(std::chrono::duration_cast<std::chrono::seconds>(c.telemetry_interval).count())};
   return id;
 }
 
@@ -47,7 +55,8 @@ Result<std::unique_ptr<Agent>> Agent::create(AgentConfig config, std::vector<std
   if (auto st = validate(config); !st) return std::move(st).error();
   std::error_code ec;
   std::filesystem::create_directories(config.state_dir, ec);
-  if (ec) return make_error(Errc::io_error, "agent.state_dir: cannot create {}: {}", config.state_dir.string(), ec.message());
+  if (ec)
+    return make_error(Errc::io_error, "agent.state_dir: cannot create {}: {}", config.state_dir.string(), ec.message());
   std::filesystem::permissions(config.state_dir, std::filesystem::perms::owner_all, ec);
 
   OutboxOptions oo;
@@ -71,7 +80,8 @@ Result<std::unique_ptr<Agent>> Agent::create(AgentConfig config, std::vector<std
   if (options->client_id.empty()) options->client_id = a->config_.device_id;
   if (options->username.empty()) options->username = a->config_.device_id;
   auto* queue = &a->queue_;
-  auto transport = transport_factory(std::move(options).value(), [queue](TransportEvent&& e) { queue->push(std::move(e)); });
+  auto transport = transport_factory(std::move(options).value(),
+                                     [queue](TransportEvent&& e) { queue->push(std::move(e)); });
   if (!transport) return std::move(transport).error();
   a->transport_ = std::move(transport).value();
 
@@ -173,8 +183,9 @@ void Agent::run(std::stop_token stop) {
     connection_->tick(after);
     if (after >= next_telemetry_) {
       sample_telemetry();
-      next_telemetry_ = after + jittered(std::chrono::duration_cast<std::chrono::milliseconds>(config_.telemetry_interval),
-                                         config_.telemetry_jitter, rng_);
+      next_telemetry_ = after +
+                        jittered(std::chrono::duration_cast<std::chrono::milliseconds>(config_.telemetry_interval),
+                                 config_.telemetry_jitter, rng_);
     }
     if (after >= next_inventory_) {
       check_inventory(false);
@@ -263,7 +274,8 @@ void Agent::on_command(const Message& message) {
   log::info("command {} ({})", cmd.command_id(), cmd.type());
   if (cmd.type() == "ping") {
     enqueue(protocol_.result(cmd, v1::CommandResult::STATUS_SUCCEEDED, "pong",
-                             {{"agent_version", flotilla::version}, {"epoch", std::to_string(protocol_.epoch())}}, now));
+                             {{"agent_version", flotilla::version}, {"epoch", std::to_string(protocol_.epoch())}},
+                             now));
   } else if (cmd.type() == "inventory.refresh") {
     check_inventory(true);
     enqueue(protocol_.result(cmd, v1::CommandResult::STATUS_SUCCEEDED, "inventory sent", {}, unix_now_ms()));

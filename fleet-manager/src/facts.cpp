@@ -59,7 +59,9 @@ void add_telemetry_facts(const v1::Telemetry& t, DeviceFacts& out) {
     add(out, "telemetry.load1", number(t.load1()));
   }
   if (t.memory_total_bytes() != 0) {
-    const double used = 100.0 * static_cast<double>(t.memory_total_bytes() - std::min(t.memory_total_bytes(), t.memory_available_bytes())) /
+    const double used = 100.0 *
+                        static_cast<double>(t.memory_total_bytes() -
+                                            std::min(t.memory_total_bytes(), t.memory_available_bytes())) /
                         static_cast<double>(t.memory_total_bytes());
     add(out, "telemetry.memory.used_pct", number(used));
     add(out, "telemetry.memory.available", std::to_string(t.memory_available_bytes()));
@@ -91,8 +93,8 @@ void add_telemetry_facts(const v1::Telemetry& t, DeviceFacts& out) {
   }
   for (const auto& [name, value] : t.metrics()) {
     const std::string field = "telemetry." + name;
-    if (query::find_field(field) && !std::any_of(out.values.begin(), out.values.end(),
-                                                 [&](const auto& kv) { return kv.first == field; })) {
+    if (query::find_field(field) &&
+        !std::any_of(out.values.begin(), out.values.end(), [&](const auto& kv) { return kv.first == field; })) {
       add(out, field, number(value));
     }
   }

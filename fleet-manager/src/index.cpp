@@ -3,14 +3,11 @@
 #include <algorithm>
 #include <charconv>
 #include <cmath>
-#include <ctime>
-#include <iomanip>
 #include <limits>
 #include <sstream>
 
 #include <fmt/format.h>
 
-#include "flotilla/core/config.hpp"
 
 namespace flotilla::manager {
 
@@ -192,28 +189,14 @@ struct MultiColumn {
   }
 };
 
-std::optional<double> parse_double(std::string_view text) {
-  double v = 0;
-  const auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
-  if (ec != std::errc{} || ptr != text.data() + text.size()) return std::nullopt;
-  return v;
-}
-
 // The numeric value of a predicate operand for a number or time field.
 std::optional<double> operand(FieldType type, std::string_view text, std::int64_t now_ms) {
-  if (type == FieldType::time && text.starts_with('-')) {
-    auto d = config::parse_duration(text.substr(1));
-    if (!d) return std::nullopt;
-    return static_cast<double>(now_ms - d->count());
+  if (type == FieldType::time) {
+    auto ms = query::resolve_time(text, now_ms);
+    if (!ms) return std::nullopt;
+    return static_cast<double>(*ms);
   }
-  if (type == FieldType::time && text.size() >= 20 && text[4] == '-' && text.back() == 'Z') {
-    std::tm tm{};
-    std::istringstream in{std::string(text)};
-    in >> std::get_time(&tm, "%Y-%m-%dT%H:%M:%S");
-    if (in.fail()) return std::nullopt;
-    return static_cast<double>(timegm(&tm)) * 1000.0;
-  }
-  return parse_double(text);
+  return query::parse_number(text);
 }
 
 // A predicate on a number or time column, with its operands parsed once.
@@ -269,8 +252,8 @@ std::string format_number(double v) {
 
 bool is_number(FieldType t) { return t == FieldType::number || t == FieldType::time; }
 
-const std::vector<std::string> kDefaultProjection{"kind", "online", "os.name", "os.version", "firmware.version",
-                                                  "last_seen"};
+const std::vector<std::string> kDefaultProjection{"kind",       "online",           "os.name",
+                                                  "os.version", "firmware.version", "last_seen"};
 
 }  // namespace
 
@@ -352,7 +335,7 @@ struct FleetIndex::Impl {
       return;
     }
     if (is_number(info->type)) {
-      if (auto v = parse_double(value)) numbers[field].put(slot, *v, slots());
+      if (auto v = query::parse_number(value)) numbers[field].put(slot, *v, slots());
       return;
     }
     auto [it, inserted] = text.try_emplace(field);
@@ -366,8 +349,7 @@ struct FleetIndex::Impl {
   }
 
   // Slots matching one predicate, evaluated over all live slots or only `candidates`.
-  SlotSet eval_predicate(const Predicate& p, std::int64_t now_ms, const SlotSet* candidates,
-                         std::string* how) const {
+  SlotSet eval_predicate(const Predicate& p, std::int64_t now_ms, const SlotSet* candidates, std::string* how) const {
     SlotSet out;
     out.resize(slots());
     const std::string& field = p.field;
@@ -509,7 +491,8 @@ struct FleetIndex::Impl {
         std::vector<std::string> sub;
         SlotSet out;
         out.resize(slots());
-        for (const auto& c : n.children) out.or_with(eval(c, now_ms, candidates, depth + 1, plan != nullptr ? &sub : nullptr));
+        for (const auto& c : n.children)
+          out.or_with(eval(c, now_ms, candidates, depth + 1, plan != nullptr ? &sub : nullptr));
         line("OR", out);
         if (plan != nullptr) plan->insert(plan->end(), sub.begin(), sub.end());
         return out;
@@ -616,8 +599,8 @@ std::string FleetIndex::explain(const Node& where, std::int64_t now_ms) const {
 }
 
 Result<std::vector<std::pair<std::string, std::uint64_t>>> FleetIndex::count_by(std::string_view field,
-                                                                                 const Node& where,
-                                                                                 std::int64_t now_ms) const {
+                                                                                const Node& where,
+                                                                                std::int64_t now_ms) const {
   const auto& m = *impl_;
   auto info = query::find_field(field);
   if (!info) return make_error(Errc::invalid_argument, "unknown field '{}'", field);
@@ -688,7 +671,7 @@ Result<Stats> FleetIndex::stats(std::string_view field, const Node& where, std::
   for (double v : values) st.sum += v;
   st.avg = st.sum / static_cast<double>(values.size());
   auto rank = [&](double q) {
-    const auto i = static_cast<std::size_t>(std::ceil(q * static_cast<double>(values.size()))) ;
+    const auto i = static_cast<std::size_t>(std::ceil(q * static_cast<double>(values.size())));
     return values[std::min(values.size() - 1, i == 0 ? 0 : i - 1)];
   };
   st.p50 = rank(0.50);
@@ -712,7 +695,8 @@ Result<QueryPage> FleetIndex::query(const Node& where, const QueryOptions& optio
     descending = options.sort->descending;
   }
   for (const auto& f : options.fields) {
-    if (f != "id" && !query::find_field(f)) return make_error(Errc::invalid_argument, "--fields: unknown field '{}'", f);
+    if (f != "id" && !query::find_field(f))
+      return make_error(Errc::invalid_argument, "--fields: unknown field '{}'", f);
   }
   const SlotSet matching = m.eval(where, now_ms, nullptr, 0, nullptr);
   QueryPage page;
@@ -757,7 +741,8 @@ Result<QueryPage> FleetIndex::query(const Node& where, const QueryOptions& optio
   if (!options.cursor.empty()) {
     auto it = m.slot_of.find(options.cursor);
     if (it == m.slot_of.end()) {
-      return make_error(Errc::invalid_argument, "cursor '{}' names no device (it was deleted; start again)", options.cursor);
+      return make_error(Errc::invalid_argument, "cursor '{}' names no device (it was deleted; start again)",
+                        options.cursor);
     }
     after = make_row(it->second);
   }

@@ -7,7 +7,8 @@
 #include "flotilla/core/codec.hpp"
 #include "flotilla/core/topics.hpp"
 #include "flotilla/core/version.hpp"
-#include "flotilla/manager/fields.hpp"
+#include "flotilla/manager/facts.hpp"
+#include "flotilla/manager/query.hpp"
 #include "flotilla/v1/command.pb.h"
 
 namespace flotilla::manager {
@@ -36,6 +37,7 @@ Result<std::unique_ptr<Manager>> Manager::create(ManagerConfig config, std::uniq
   auto registry = Registry::load(*store);
   if (!registry) return std::move(registry).error();
   std::unique_ptr<Manager> m(new Manager(std::move(config), std::move(store), std::move(registry).value()));
+  if (auto st = m->build_index(); !st) return std::move(st).error();
 
   auto options = config::transport_options(m->config_.mqtt);
   if (!options) return std::move(options).error();
@@ -76,6 +78,33 @@ Manager::Manager(ManagerConfig config, std::unique_ptr<Store> store, Registry re
       log_limiter_(config_.log_burst, std::chrono::minutes(1)) {}
 
 Manager::~Manager() = default;
+
+Status Manager::build_index() {
+  const auto started = SteadyClock::now();
+  for (const auto& [id, record] : registry_.devices()) {
+    v1::Inventory inventory;
+    v1::Telemetry telemetry;
+    bool has_inventory = false, has_telemetry = false;
+    for (auto [space, message, present] :
+         {std::tuple<Space, google::protobuf::MessageLite*, bool*>{Space::inventory, &inventory, &has_inventory},
+          {Space::telemetry, &telemetry, &has_telemetry}}) {
+      auto bytes = store_->get(space, id);
+      if (!bytes) {
+        if (bytes.error().code != Errc::not_found) return std::move(bytes).error();
+        continue;
+      }
+      if (!message->ParseFromString(*bytes)) {
+        return make_error(Errc::corruption, "stored {} of {} does not decode",
+                          space == Space::inventory ? "inventory" : "telemetry", id);
+      }
+      *present = true;
+    }
+    index_.upsert(facts_of(record, has_inventory ? &inventory : nullptr, has_telemetry ? &telemetry : nullptr));
+  }
+  log::info("index of {} devices built in {} ms", index_.size(),
+            std::chrono::duration_cast<std::chrono::milliseconds>(SteadyClock::now() - started).count());
+  return {};
+}
 
 void Manager::run(std::stop_token stop) {
   started_at_ms_ = unix_now_ms();
@@ -126,19 +155,20 @@ void Manager::handle_batch(std::vector<TransportEvent>& events) {
   const std::int64_t now_ms = unix_now_ms();
   Batch batch;
   std::vector<const Message*> requests;
+  std::vector<DeviceFacts> inventories, telemetry;
   for (auto& e : events) {
     if (connection_->handle(e, steady_now)) continue;
     if (auto* r = std::get_if<event::Received>(&e)) {
       if (r->message.topic == topics::manager_rpc()) {
         requests.push_back(&r->message);
       } else {
-        ingest(r->message, now_ms, batch);
+        ingest(r->message, now_ms, batch, inventories, telemetry);
       }
     } else if (auto* d = std::get_if<event::Delivered>(&e); d != nullptr && !d->status) {
       count_drop("publish_failed", "", d->status.error().message);
     }
   }
-  registry_.flush(batch);
+  const auto changed = registry_.flush(batch);
   if (!batch.empty()) {
     // Nothing is answered or acted on until the batch is durable: a failed write stops the
     // manager, and a restart resumes from what RocksDB holds.
@@ -148,6 +178,16 @@ void Manager::handle_batch(std::vector<TransportEvent>& events) {
     }
     ++batches_;
   }
+  // The index follows the commit and precedes every reply, so an answered query sees every
+  // acknowledged write.
+  for (const auto& id : changed) {
+    DeviceFacts f;
+    f.id = id;
+    add_record_facts(*registry_.find(id), f);
+    index_.update(f, FactPart::record);
+  }
+  for (const auto& f : inventories) index_.update(f, FactPart::inventory);
+  for (const auto& f : telemetry) index_.update(f, FactPart::telemetry);
   for (const Message* request : requests) answer(*request);
   for (const auto& device_id : rebirths_due_) {
     auto id = DeviceId::parse(device_id);
@@ -166,7 +206,8 @@ void Manager::handle_batch(std::vector<TransportEvent>& events) {
   rebirths_due_.clear();
 }
 
-void Manager::ingest(const Message& message, std::int64_t now_ms, Batch& batch) {
+void Manager::ingest(const Message& message, std::int64_t now_ms, Batch& batch, std::vector<DeviceFacts>& inventories,
+                     std::vector<DeviceFacts>& telemetry) {
   auto topic = topics::parse_device_topic(message.topic);
   if (!topic) {
     count_drop("bad_topic", message.topic.substr(0, 128), topic.error().message);
@@ -184,6 +225,16 @@ void Manager::ingest(const Message& message, std::int64_t now_ms, Batch& batch) 
     return;
   }
   messages_.fetch_add(1, std::memory_order_relaxed);
+  if (outcome.inventory) {
+    DeviceFacts f{topic->device.str(), {}};
+    add_inventory_facts(*outcome.inventory, f);
+    inventories.push_back(std::move(f));
+  }
+  if (outcome.telemetry) {
+    DeviceFacts f{topic->device.str(), {}};
+    add_telemetry_facts(*outcome.telemetry, f);
+    telemetry.push_back(std::move(f));
+  }
   for (const auto& e : outcome.events) {
     ++events_[e];
     std::uint64_t suppressed = 0;
@@ -274,26 +325,78 @@ v1::RpcResponse Manager::dispatch(const v1::RpcRequest& request) {
       return r;
     }
     case v1::RpcRequest::kCountDevices: {
-      const std::string& by = request.count_devices().by();
-      const auto fields = countable_fields();
-      if (std::find(fields.begin(), fields.end(), by) == fields.end()) {
-        return failure(v1::RpcResponse::CODE_INVALID_ARGUMENT,
-                       fmt::format("cannot count by '{}'; fields: {}", by, fmt::join(fields, ", ")));
-      }
-      std::map<std::string, std::uint64_t> counts;
-      for (const auto& [id, rec] : devices) ++counts[*field_value(rec, by)];
-      std::vector<std::pair<std::string, std::uint64_t>> sorted(counts.begin(), counts.end());
-      std::sort(sorted.begin(), sorted.end(), [](const auto& a, const auto& b) {
-        return a.second != b.second ? a.second > b.second : a.first < b.first;
-      });
+      const auto& q = request.count_devices();
+      auto where = query::parse(q.where());
+      if (!where) return failure(v1::RpcResponse::CODE_INVALID_ARGUMENT, where.error().message);
+      auto counts = index_.count_by(q.by(), *where, unix_now_ms());
+      if (!counts) return failure(v1::RpcResponse::CODE_INVALID_ARGUMENT, counts.error().message);
       auto* out = r.mutable_count_devices();
-      out->set_by(by);
-      for (const auto& [value, count] : sorted) {
+      out->set_by(q.by());
+      std::uint64_t total = 0;
+      for (const auto& [value, count] : *counts) {
         auto* b = out->add_buckets();
         b->set_value(value);
         b->set_count(count);
+        total += count;
       }
-      out->set_total(devices.size());
+      // Multi-valued fields count a device once per value; total is the devices that matched.
+      out->set_total(q.where().empty() ? devices.size() : index_.count(*where, unix_now_ms()));
+      (void)total;
+      return r;
+    }
+    case v1::RpcRequest::kQueryDevices: {
+      const auto& q = request.query_devices();
+      auto where = query::parse(q.query());
+      if (!where) return failure(v1::RpcResponse::CODE_INVALID_ARGUMENT, where.error().message);
+      QueryOptions options;
+      if (!q.sort().empty()) options.sort = SortKey{q.sort(), q.descending()};
+      options.limit = q.limit() == 0 ? 100 : std::min(q.limit(), kMaxPage);
+      options.cursor = q.cursor();
+      options.fields.assign(q.fields().begin(), q.fields().end());
+      const auto now = unix_now_ms();
+      auto page = index_.query(*where, options, now);
+      if (!page) return failure(v1::RpcResponse::CODE_INVALID_ARGUMENT, page.error().message);
+      auto* out = r.mutable_query_devices();
+      std::size_t bytes = 0;
+      for (const auto& row : page->rows) {
+        auto* o = out->add_rows();
+        o->set_device_id(row.id);
+        for (const auto& [name, value] : row.values) {
+          auto* v = o->add_values();
+          v->set_name(name);
+          v->set_value(value);
+        }
+        bytes += o->ByteSizeLong();
+        if (bytes > kMaxReplyBytes) {
+          return failure(v1::RpcResponse::CODE_INVALID_ARGUMENT,
+                         fmt::format("a page of {} rows exceeds {} KiB; ask for fewer rows or fields",
+                                     page->rows.size(), kMaxReplyBytes / 1024));
+        }
+      }
+      out->set_total(page->total);
+      out->set_next_cursor(page->next_cursor);
+      if (q.explain()) out->set_plan(index_.explain(*where, now));
+      return r;
+    }
+    case v1::RpcRequest::kDeviceStats: {
+      const auto& q = request.device_stats();
+      auto where = query::parse(q.where());
+      if (!where) return failure(v1::RpcResponse::CODE_INVALID_ARGUMENT, where.error().message);
+      const auto now = unix_now_ms();
+      auto st = index_.stats(q.field(), *where, now);
+      if (!st) return failure(v1::RpcResponse::CODE_INVALID_ARGUMENT, st.error().message);
+      auto* out = r.mutable_device_stats();
+      out->set_field(q.field());
+      out->set_count(st->count);
+      out->set_min(st->min);
+      out->set_max(st->max);
+      out->set_sum(st->sum);
+      out->set_avg(st->avg);
+      out->set_p50(st->p50);
+      out->set_p90(st->p90);
+      out->set_p99(st->p99);
+      out->set_distinct(st->distinct);
+      out->set_matched(index_.count(*where, now));
       return r;
     }
     case v1::RpcRequest::kManagerStats: {

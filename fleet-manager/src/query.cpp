@@ -84,7 +84,8 @@ bool is_control(char c) { return static_cast<unsigned char>(c) < 0x20U || c == 0
 bool is_word_char(char c) { return is_alnum(c) || c == '_' || c == '.' || c == '+' || c == '-'; }
 // Characters of unquoted values; bytes of UTF-8 sequences are allowed too.
 bool is_bare_char(char c) {
-  return static_cast<unsigned char>(c) >= 0x80U || is_alnum(c) || std::string_view("._-/+*?~:@").find(c) != std::string_view::npos;
+  return static_cast<unsigned char>(c) >= 0x80U || is_alnum(c) ||
+         std::string_view("._-/+*?~:@").find(c) != std::string_view::npos;
 }
 bool has_wildcard(std::string_view s) { return s.find_first_of("*?") != std::string_view::npos; }
 
@@ -130,7 +131,8 @@ std::size_t edit_distance(std::string_view a, std::string_view b) {
     for (std::size_t j = 1; j <= b.size(); ++j) {
       const std::size_t cost = a[i - 1] == b[j - 1] ? 0 : 1;
       d[i][j] = std::min({d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost});
-      if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1]) d[i][j] = std::min(d[i][j], d[i - 2][j - 2] + 1);
+      if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1])
+        d[i][j] = std::min(d[i][j], d[i - 2][j - 2] + 1);
     }
   }
   return d[a.size()][b.size()];
@@ -140,6 +142,8 @@ std::string unknown_field_message(std::string_view name) {
   for (const FieldInfo& f : kFields) {
     if (!f.family || !name.starts_with(f.name)) continue;
     const std::string_view key = name.substr(f.name.size());
+    const std::string_view what = f.name == "software." ? "package name" : f.name == "attr." ? "key" : "metric name";
+    if (key.empty()) return fmt::format("expected a {} after '{}'", what, f.name);
     if (f.name == "software.") {
       std::string lower(key);
       std::transform(lower.begin(), lower.end(), lower.begin(),
@@ -151,12 +155,14 @@ std::string unknown_field_message(std::string_view name) {
       if (lower != key && valid_package(lower)) message += fmt::format("; did you mean software.{}?", lower);
       return message;
     }
-    return fmt::format("'{}' is not a valid key after '{}': keys are letters, digits, '_', '.' and '-'", key, f.name);
+    return fmt::format("'{}' is not a valid {} after '{}': use letters, digits, '_', '.' and '-'", key, what, f.name);
   }
   for (const FieldInfo& f : kFields) {
     if (f.family && name.size() + 1 == f.name.size() && f.name.starts_with(name)) {
       return fmt::format("'{}' is a field family: write {}<{}>", name, f.name,
-                         f.name == "software." ? "package" : f.name == "attr." ? "key" : "metric");
+                         f.name == "software." ? "package"
+                         : f.name == "attr."   ? "key"
+                                               : "metric");
     }
   }
   std::vector<std::pair<std::size_t, std::string>> near;
@@ -168,9 +174,10 @@ std::string unknown_field_message(std::string_view name) {
       const std::string_view key = name.substr(dot + 1);
       const std::size_t d = edit_distance(head, f.name);
       if (d <= 2 && valid_family_key(f.name, key)) near.emplace_back(d, fmt::format("{}{}", f.name, key));
-    } else {
-      const std::size_t d = edit_distance(name, f.name);
-      if (d <= 2) near.emplace_back(d, std::string(f.name));
+    } else if (const std::size_t d = edit_distance(name, f.name); d <= 2) {
+      near.emplace_back(d, std::string(f.name));
+    } else if (f.name.size() > name.size() && f.name.starts_with(name) && f.name[name.size()] == '.') {
+      near.emplace_back(3, std::string(f.name));  // "cpu" -> cpu.cores, cpu.model
     }
   }
   std::sort(near.begin(), near.end());
@@ -366,7 +373,8 @@ class Parser {
     const char c = peek();
     const std::string_view word = peek_word();
     if (word == "NOT") {
-      if (depth_ + 1 > kMaxDepth) return fail(start, fmt::format("query nests deeper than {} levels", kMaxDepth));
+      if (depth_ + 1 > kMaxDepth)
+        return fail(start, fmt::format("query nests deeper than {} levels of parentheses and NOT", kMaxDepth));
       pos_ += 3;
       ++depth_;
       auto child = parse_unary("after NOT", false);
@@ -397,7 +405,8 @@ class Parser {
 
   Result<Node> parse_group() {
     const std::size_t open = pos_;
-    if (depth_ + 1 > kMaxDepth) return fail(open, fmt::format("query nests deeper than {} levels", kMaxDepth));
+    if (depth_ + 1 > kMaxDepth)
+      return fail(open, fmt::format("query nests deeper than {} levels of parentheses and NOT", kMaxDepth));
     ++pos_;
     ++depth_;
     skip_ws();
@@ -475,14 +484,16 @@ class Parser {
         return fail(value_pos, "wildcards are not allowed in comparisons; use field:value* for a wildcard");
       }
       if (!at_term_end()) {
-        return fail(pos_, fmt::format("unexpected {} in the value; put such values in double quotes", describe(peek())));
+        return fail(pos_,
+                    fmt::format("unexpected {} in the value; put such values in double quotes", describe(peek())));
       }
       p.value = value;
     } else {
       return fail(value_pos, fmt::format("unexpected {}: expected a value after '{}'", describe(peek()), op_text));
     }
     if (p.info.type == FieldType::boolean) {
-      return fail(value_pos, fmt::format("'{}' is a boolean field: use {}:true or {}:false", p.field, p.field, p.field));
+      return fail(value_pos,
+                  fmt::format("'{}' is a boolean field: use {}:true or {}:false", p.field, p.field, p.field));
     }
     if (auto st = check_value(p, p.value, value_pos); !st) return st.error();
     return node;
@@ -505,6 +516,7 @@ class Parser {
     if (!is_bare_char(c)) {
       std::string message = fmt::format("unexpected {} after ':': expected a value", describe(c));
       if (c == '<' || c == '>') message += fmt::format(" (write {}{}value, not {}:{}value)", p.field, c, p.field, c);
+      if (c == '\'') message += " (quote values with double quotes)";
       return fail(value_pos, message);
     }
     const std::string_view value = read_bare();
@@ -601,8 +613,8 @@ class Parser {
       return fail(start, fmt::format("unexpected {}: expected a {} bound", describe(peek()), which));
     }
     if (!at_end() && !is_space(peek()) && peek() != ']' && peek() != '}') {
-      return fail(pos_, fmt::format("unexpected {} in the range bound; put such values in double quotes",
-                                    describe(peek())));
+      return fail(pos_,
+                  fmt::format("unexpected {} in the range bound; put such values in double quotes", describe(peek())));
     }
     return bound;
   }
@@ -636,10 +648,9 @@ class Parser {
   Status check_value(const Predicate& p, std::string_view value, std::size_t pos) const {
     switch (p.info.type) {
       case FieldType::text:
-        if (p.op == Op::eq && p.field == "kind" &&
-            std::find(kKinds.begin(), kKinds.end(), value) == kKinds.end()) {
-          return fail(pos, fmt::format("unknown kind '{}'; kinds are computer, printer, sensor, gateway and unknown",
-                                       value));
+        if (p.op == Op::eq && p.field == "kind" && std::find(kKinds.begin(), kKinds.end(), value) == kKinds.end()) {
+          return fail(
+              pos, fmt::format("unknown kind '{}'; kinds are computer, printer, sensor, gateway and unknown", value));
         }
         return {};
       case FieldType::version: return {};

@@ -109,11 +109,11 @@ IngestOutcome Registry::ingest(const topics::DeviceTopic& topic, std::string_vie
       auto birth = decode_checked<v1::Birth>(payload, topic.channel, id, outcome);
       if (!birth) return outcome;
       v1::DeviceRecord& r = record_for(id, now_ms);
-      const auto check = apply_birth(r, birth->header().session_epoch(), birth->stream_id(),
-                                     birth->stream_acked_seq(), now_ms);
+      const auto check = apply_birth(r, birth->header().session_epoch(), birth->stream_id(), birth->stream_acked_seq(),
+                                     now_ms);
       if (check.verdict == BirthVerdict::stale) {
-        return dropped("stale_birth", fmt::format("epoch {} < current {}", birth->header().session_epoch(),
-                                                  r.session_epoch()));
+        return dropped("stale_birth",
+                       fmt::format("epoch {} < current {}", birth->header().session_epoch(), r.session_epoch()));
       }
       if (check.stream_reset) outcome.events.emplace_back("stream_reset");
       r.set_kind(birth->kind());
@@ -130,6 +130,7 @@ IngestOutcome Registry::ingest(const topics::DeviceTopic& topic, std::string_vie
       }
       copy_inventory_summary(birth->inventory(), r);
       batch.put(Space::inventory, id.str(), codec::encode(birth->inventory()));
+      outcome.inventory = std::make_shared<v1::Inventory>(birth->inventory());
       break;
     }
     case topics::Channel::death: {
@@ -150,6 +151,7 @@ IngestOutcome Registry::ingest(const topics::DeviceTopic& topic, std::string_vie
       if (note_reading(r, tel->header(), now_ms, outcome) && tel->header().timestamp_ms() >= r.last_telemetry_ms()) {
         r.set_last_telemetry_ms(tel->header().timestamp_ms());
         batch.put(Space::telemetry, id.str(), std::string(payload));
+        outcome.telemetry = std::make_shared<v1::Telemetry>(std::move(tel).value());
       }
       break;
     }
@@ -161,6 +163,7 @@ IngestOutcome Registry::ingest(const topics::DeviceTopic& topic, std::string_vie
       if (note_reading(r, inv->header(), now_ms, outcome)) {
         copy_inventory_summary(*inv, r);
         batch.put(Space::inventory, id.str(), std::string(payload));
+        outcome.inventory = std::make_shared<v1::Inventory>(std::move(inv).value());
       }
       break;
     }
@@ -173,7 +176,8 @@ IngestOutcome Registry::ingest(const topics::DeviceTopic& topic, std::string_vie
     }
     case topics::Channel::cmd:
     case topics::Channel::config:
-      return dropped("unexpected_channel", fmt::format("devices do not publish on {}", topics::to_string(topic.channel)));
+      return dropped("unexpected_channel",
+                     fmt::format("devices do not publish on {}", topics::to_string(topic.channel)));
   }
 
   v1::DeviceRecord& r = devices_.at(id.str());
@@ -187,11 +191,11 @@ IngestOutcome Registry::ingest(const topics::DeviceTopic& topic, std::string_vie
   return outcome;
 }
 
-void Registry::flush(Batch& batch) {
-  for (const auto& id : dirty_) {
-    batch.put(Space::devices, id, codec::encode(devices_.at(id)));
-  }
+std::vector<std::string> Registry::flush(Batch& batch) {
+  std::vector<std::string> changed(dirty_.begin(), dirty_.end());
+  for (const auto& id : changed) batch.put(Space::devices, id, codec::encode(devices_.at(id)));
   dirty_.clear();
+  return changed;
 }
 
 const v1::DeviceRecord* Registry::find(std::string_view device_id) const {

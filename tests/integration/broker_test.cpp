@@ -89,8 +89,8 @@ class Subscriber {
  public:
   enum class Wait { suback, none };
 
-  Subscriber(const MosquittoBroker& broker, const Identity& who, const std::vector<std::string>& filters,
-             int count, std::vector<std::string> extra = {}, Wait wait = Wait::suback)
+  Subscriber(const MosquittoBroker& broker, const Identity& who, const std::vector<std::string>& filters, int count,
+             std::vector<std::string> extra = {}, Wait wait = Wait::suback)
       : process_(spawn(broker, who, filters, count, std::move(extra))) {
     if (wait == Wait::none) return;
     // One SUBSCRIBE carries every filter, so one SUBACK line covers them all.
@@ -107,8 +107,8 @@ class Subscriber {
   }
 
  private:
-  static ChildProcess spawn(const MosquittoBroker& broker, const Identity& who,
-                            const std::vector<std::string>& filters, int count, std::vector<std::string> extra) {
+  static ChildProcess spawn(const MosquittoBroker& broker, const Identity& who, const std::vector<std::string>& filters,
+                            int count, std::vector<std::string> extra) {
     // mosquitto_sub does not flush its -d lines when stdout is a file; stdbuf (coreutils)
     // makes them line-buffered so the SUBACK is visible while it runs.
     auto argv = client_argv("mosquitto_sub", who);
@@ -281,4 +281,4 @@ TEST_CASE("anonymous clients are refused on both listeners") {
   }
 }
 
-}  // TEST_SUITE
+}  // TEST_SUITE("integration/broker")

@@ -13,13 +13,13 @@
 #include <google/protobuf/util/json_util.h>
 
 #include "flotilla/core/codec.hpp"
-#include "flotilla/v1/command.pb.h"
 #include "flotilla/core/config.hpp"
 #include "flotilla/core/queue.hpp"
 #include "flotilla/core/topics.hpp"
 #include "flotilla/core/transport.hpp"
 #include "flotilla/manager/registry.hpp"
 #include "flotilla/manager/store.hpp"
+#include "flotilla/v1/command.pb.h"
 #include "support/fleet.hpp"
 
 using namespace flotilla;
@@ -222,7 +222,8 @@ TEST_CASE("a real agent reports this host's inventory and health; the CLI shows 
     *c.mutable_header() = codec::make_header(host, 0, 1, 0);
     c.set_command_id(id);
     c.set_type(type);
-    REQUIRE(ops.publish_all(std::vector<Message>{Message{topics::device(host, topics::Channel::cmd), codec::encode(c), 1, false, {}, {}}}) == 1);
+    REQUIRE(ops.publish_all(std::vector<Message>{
+                Message{topics::device(host, topics::Channel::cmd), codec::encode(c), 1, false, {}, {}}}) == 1);
     std::optional<v1::CommandResult> result;
     const auto deadline = std::chrono::steady_clock::now() + 10s;
     while (!result && std::chrono::steady_clock::now() < deadline) {
@@ -298,7 +299,9 @@ TEST_CASE("kill -9 of the agent: offline within 1.5x keepalive; a restart brings
       4s, 100ms);
   INFO(fleet.logs());
   REQUIRE(offline);
-  MESSAGE("offline after ", std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - killed).count(), " ms");
+  MESSAGE("offline after ",
+          std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - killed).count(),
+          " ms");
 
   fleet.start_agent("host-2", {.keepalive = "2s", .telemetry_interval = "1s"});
   REQUIRE(Fleet::wait_until(
@@ -537,4 +540,74 @@ TEST_CASE("a clean manager restart under load loses no reading: its session queu
   }
   CHECK(readings > 30 * 10);
   CHECK(gaps == 0);
+}
+
+TEST_CASE("queries through the CLI: filter, sort, project, page, count with a filter, stats, errors") {
+  Fleet fleet({.sim_devices = 30});
+  fleet.start_manager();
+  fleet.start_sim(30, "1s");
+  REQUIRE(Fleet::wait_until(
+      [&] {
+        auto out = fleet.cli({"-o", "json", "devices", "query",
+                              "_exists_:telemetry.cpu OR _exists_:telemetry.battery "
+                              "OR _exists_:telemetry.toner_percent"});
+        return out.status == 0 && parse_json<v1::QueryDevicesResponse>(out.output).total() == 30;
+      },
+      30s, 300ms));
+
+  auto sensors = fleet.cli({"-o", "json", "devices", "query", "kind:sensor AND online:true", "--limit", "4"});
+  REQUIRE(sensors.status == 0);
+  auto page = parse_json<v1::QueryDevicesResponse>(sensors.output);
+  CHECK(page.total() == 10);
+  CHECK(page.rows_size() == 4);
+  CHECK_FALSE(page.next_cursor().empty());
+  // The next page continues after the cursor.
+  auto next = fleet.cli({"-o", "json", "devices", "query", "kind:sensor AND online:true", "--limit", "100", "--cursor",
+                         page.next_cursor()});
+  REQUIRE(next.status == 0);
+  CHECK(parse_json<v1::QueryDevicesResponse>(next.output).rows_size() == 6);
+
+  // The computers with the least free disk, with projected fields.
+  auto least = fleet.cli({"-o", "json", "devices", "query", "kind:computer", "--sort", "telemetry.disk.free", "--limit",
+                          "3", "--fields", "telemetry.disk.free,os.name"});
+  REQUIRE(least.status == 0);
+  auto rows = parse_json<v1::QueryDevicesResponse>(least.output);
+  REQUIRE(rows.rows_size() == 3);
+  double previous = -1;
+  for (const auto& r : rows.rows()) {
+    REQUIRE(r.values_size() == 2);
+    CHECK(r.values(0).name() == "telemetry.disk.free");
+    const double free = std::stod(r.values(0).value());
+    CHECK(free >= previous);
+    previous = free;
+  }
+
+  auto by_fw = fleet.cli({"-o", "json", "devices", "count", "--by", "firmware.version", "--where", "kind:computer"});
+  REQUIRE(by_fw.status == 0);
+  const auto counts = parse_json<v1::CountDevicesResponse>(by_fw.output);
+  std::uint64_t sum = 0;
+  for (const auto& b : counts.buckets()) sum += b.count();
+  CHECK(sum == 10);
+  CHECK(counts.total() == 10);
+
+  auto stats = fleet.cli({"-o", "json", "devices", "stats", "telemetry.cpu", "--where", "kind:computer"});
+  REQUIRE(stats.status == 0);
+  const auto st = parse_json<v1::DeviceStats>(stats.output);
+  CHECK(st.matched() == 10);
+  CHECK(st.count() == 10);
+  CHECK(st.min() >= 0.0);
+  CHECK(st.max() <= 100.0);
+  CHECK(st.min() <= st.p50());
+  CHECK(st.p50() <= st.max());
+
+  auto plan = fleet.cli({"devices", "query", "kind:computer AND telemetry.cpu>10", "--explain"});
+  CHECK(plan.status == 0);
+  CHECK(plan.output.find("Plan:") != std::string::npos);
+  CHECK(plan.output.find("filtered scan") != std::string::npos);
+
+  // A malformed query is rejected by the manager with the position (exit 5).
+  auto bad = fleet.cli({"devices", "query", "kind:computer AND (online:true"});
+  CHECK(bad.status == 5);
+  CHECK(bad.output.find("position") != std::string::npos);
+  CHECK(fleet.cli({"devices", "count", "--by", "no.such.field"}).status == 5);
 }

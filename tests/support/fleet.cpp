@@ -76,7 +76,8 @@ ChildProcess& Fleet::start_manager() {
   if (manager_ && manager_->running()) throw std::runtime_error("manager already running");
   SpawnOptions so;
   so.log_path = dir_ / "manager.log";
-  manager_.emplace(ChildProcess::spawn({binary("flotilla-manager").string(), "--config", (dir_ / "manager.toml").string()}, so));
+  manager_.emplace(
+      ChildProcess::spawn({binary("flotilla-manager").string(), "--config", (dir_ / "manager.toml").string()}, so));
   // Ready once it answers: its subscriptions then exist, so nothing devices publish is missed.
   if (!wait_until([&] { return !manager_->running() || stats().has_value(); }, std::chrono::seconds(20),
                   std::chrono::milliseconds(100)) ||
@@ -91,11 +92,12 @@ ChildProcess& Fleet::start_agent(const std::string& device_id, AgentOptions opti
     throw std::runtime_error("agent already running: " + device_id);
   }
   const auto config = dir_ / (device_id + ".toml");
-  write_text(config, fmt::format("[mqtt]\nbroker = \"{}\"\npassword_file = \"{}\"\nkeepalive = \"{}\"\n"
-                                 "reconnect_min = \"100ms\"\nreconnect_max = \"1s\"\n"
-                                 "[agent]\ntelemetry_interval = \"{}\"\nsite = \"test-lab\"\ntags = [\"integration\"]\n",
-                                 broker_->device_uri(), write_secret(device_id).string(), options.keepalive,
-                                 options.telemetry_interval));
+  write_text(config,
+             fmt::format("[mqtt]\nbroker = \"{}\"\npassword_file = \"{}\"\nkeepalive = \"{}\"\n"
+                         "reconnect_min = \"100ms\"\nreconnect_max = \"1s\"\n"
+                         "[agent]\ntelemetry_interval = \"{}\"\nsite = \"test-lab\"\ntags = [\"integration\"]\n",
+                         broker_->device_uri(), write_secret(device_id).string(), options.keepalive,
+                         options.telemetry_interval));
   SpawnOptions so;
   so.log_path = dir_ / (device_id + ".log");
   agents_.erase(device_id);

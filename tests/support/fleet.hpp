@@ -21,7 +21,7 @@ namespace flotilla::testing {
 
 struct FleetOptions {
   std::vector<std::string> devices{};  // broker users besides the manager and operator
-  std::size_t sim_devices = 0;       // simulated device ids added as users: sim-{kind}-{index}
+  std::size_t sim_devices = 0;         // simulated device ids added as users: sim-{kind}-{index}
 };
 
 struct AgentOptions {

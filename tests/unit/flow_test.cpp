@@ -114,7 +114,9 @@ TEST_CASE("memory broker: filters, retained, persistent sessions, Wills on drop 
 
 TEST_CASE("flow: real agent and manager over the in-memory broker, through a network failure") {
   MemoryBroker broker;
-  auto factory = [&broker](TransportOptions o, EventSink s) { return broker.make_transport(std::move(o), std::move(s)); };
+  auto factory = [&broker](TransportOptions o, EventSink s) {
+    return broker.make_transport(std::move(o), std::move(s));
+  };
 
   manager::ManagerConfig mc;
   auto mgr = manager::Manager::create(mc, manager::make_memory_store(), factory);

@@ -74,7 +74,8 @@ DeviceFacts inventory_part(const std::string& id, std::mt19937_64& rng) {
 DeviceFacts telemetry_part(const std::string& id, std::mt19937_64& rng) {
   DeviceFacts f;
   f.id = id;
-  if (rng() % 8 != 0) f.values.emplace_back("telemetry.cpu", fmt::format("{}", static_cast<double>(rng() % 1000) / 10.0));
+  if (rng() % 8 != 0)
+    f.values.emplace_back("telemetry.cpu", fmt::format("{}", static_cast<double>(rng() % 1000) / 10.0));
   if (rng() % 3 == 0) f.values.emplace_back("telemetry.cpu.temp", std::to_string(30 + rng() % 60));
   f.values.emplace_back("telemetry.disk.free", std::to_string(rng() % 1000000));
   return f;
@@ -239,7 +240,8 @@ TEST_CASE("group-by, statistics and sorting agree with brute force") {
       CHECK(st->min == doctest::Approx(cpu.front()));
       CHECK(st->max == doctest::Approx(cpu.back()));
       CHECK(st->sum == doctest::Approx(sum));
-      const auto p50 = cpu[std::max<std::size_t>(1, static_cast<std::size_t>(std::ceil(0.5 * static_cast<double>(cpu.size())))) - 1];
+      const auto p50 =
+          cpu[std::max<std::size_t>(1, static_cast<std::size_t>(std::ceil(0.5 * static_cast<double>(cpu.size())))) - 1];
       CHECK(st->p50 == doctest::Approx(p50));
     }
 

@@ -54,4 +54,9 @@ Result<std::string> to_json(const google::protobuf::Message& message);
 std::string render_columns(const std::vector<std::vector<std::string>>& rows, std::string_view indent = {},
                            const std::vector<std::size_t>& right_aligned = {});
 
+// Query results: ID then one column per projected field (times rendered as ages), then the
+// total and, when there is one, how to fetch the next page; the plan follows when requested.
+std::string render_query_table(const v1::QueryDevicesResponse& page, std::int64_t now_ms);
+std::string render_stats(const v1::DeviceStats& stats);
+
 }  // namespace flotilla::cli

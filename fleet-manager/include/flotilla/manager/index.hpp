@@ -75,7 +75,7 @@ struct SortKey {
 struct QueryOptions {
   std::optional<SortKey> sort;  // default: by id
   std::uint32_t limit = 100;
-  std::string cursor;           // opaque, from a previous page
+  std::string cursor;               // opaque, from a previous page
   std::vector<std::string> fields;  // projection; empty: the default summary fields
 };
 
@@ -116,9 +116,8 @@ class FleetIndex {
   Result<QueryPage> query(const query::Node& where, const QueryOptions& options, std::int64_t now_ms) const;
   std::uint64_t count(const query::Node& where, std::int64_t now_ms) const;
   // Count of matching devices per value of `field` (devices without the field count under "").
-  Result<std::vector<std::pair<std::string, std::uint64_t>>> count_by(std::string_view field,
-                                                                        const query::Node& where,
-                                                                        std::int64_t now_ms) const;
+  Result<std::vector<std::pair<std::string, std::uint64_t>>> count_by(std::string_view field, const query::Node& where,
+                                                                      std::int64_t now_ms) const;
   // Statistics of a numeric or time field over matching devices; `distinct` works for any field.
   Result<Stats> stats(std::string_view field, const query::Node& where, std::int64_t now_ms) const;
   // The plan: how each node of the query is answered, with estimated and actual sizes.

@@ -16,6 +16,7 @@
 #include "flotilla/core/queue.hpp"
 #include "flotilla/core/transport.hpp"
 #include "flotilla/manager/config.hpp"
+#include "flotilla/manager/index.hpp"
 #include "flotilla/manager/registry.hpp"
 #include "flotilla/manager/store.hpp"
 #include "flotilla/v1/manager.pb.h"
@@ -42,7 +43,9 @@ class Manager {
 
   void on_up();
   void handle_batch(std::vector<TransportEvent>& events);
-  void ingest(const Message& message, std::int64_t now_ms, Batch& batch);
+  void ingest(const Message& message, std::int64_t now_ms, Batch& batch, std::vector<DeviceFacts>& inventories,
+              std::vector<DeviceFacts>& telemetry);
+  Status build_index();
   void count_drop(const std::string& reason, const std::string& topic, const std::string& detail);
   void answer(const Message& request);
   v1::RpcResponse dispatch(const v1::RpcRequest& request);
@@ -53,6 +56,7 @@ class Manager {
   ManagerConfig config_;
   std::unique_ptr<Store> store_;
   Registry registry_;
+  FleetIndex index_;
   BoundedQueue<TransportEvent> queue_;
   std::unique_ptr<Transport> transport_;
   std::unique_ptr<Connection> connection_;

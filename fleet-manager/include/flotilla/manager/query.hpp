@@ -27,8 +27,8 @@ enum class FieldType {
 struct FieldInfo {
   std::string_view name;  // e.g. "firmware.version"; families end in '.' (e.g. "software.")
   FieldType type;
-  bool multi = false;     // several values per device (tags, group membership): any one matches
-  bool family = false;    // name is a prefix: software.<package>, attr.<key>, telemetry.<metric>
+  bool multi = false;   // several values per device (tags, group membership): any one matches
+  bool family = false;  // name is a prefix: software.<package>, attr.<key>, telemetry.<metric>
   bool sortable = true;
   std::string_view help;
 };
@@ -41,16 +41,19 @@ std::optional<FieldInfo> find_field(std::string_view name);
 enum class Op {
   eq,        // field:value
   wildcard,  // field:val*ue (* any run, ? one character)
-  lt, le, gt, ge,
-  range,     // field:[low TO high] inclusive, field:{low TO high} exclusive; * for an open end
-  exists,    // field:* or _exists_:field
+  lt,
+  le,
+  gt,
+  ge,
+  range,   // field:[low TO high] inclusive, field:{low TO high} exclusive; * for an open end
+  exists,  // field:* or _exists_:field
 };
 
 struct Predicate {
   std::string field;  // as written, e.g. "software.openssl"
   FieldInfo info;
   Op op = Op::eq;
-  std::string value;  // eq, wildcard, lt..ge
+  std::string value;                     // eq, wildcard, lt..ge
   std::optional<std::string> low, high;  // range; nullopt = open end
   bool low_inclusive = true, high_inclusive = true;
   std::size_t position = 0;  // byte offset of the field in the query text
@@ -58,8 +61,8 @@ struct Predicate {
 
 struct Node {
   enum class Kind { all, predicate, and_, or_, not_ };
-  Kind kind = Kind::all;  // `all`: the empty query, every device
-  Predicate predicate;    // kind == predicate
+  Kind kind = Kind::all;       // `all`: the empty query, every device
+  Predicate predicate;         // kind == predicate
   std::vector<Node> children;  // and_/or_: two or more; not_: exactly one
 };
 

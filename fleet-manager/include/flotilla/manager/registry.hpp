@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <set>
 #include <string>
 #include <string_view>
@@ -16,6 +17,7 @@
 #include "flotilla/core/result.hpp"
 #include "flotilla/core/topics.hpp"
 #include "flotilla/manager/store.hpp"
+#include "flotilla/v1/device.pb.h"
 #include "flotilla/v1/record.pb.h"
 
 namespace flotilla::manager {
@@ -30,6 +32,9 @@ struct IngestOutcome {
   std::vector<std::string> events;
   // The manager should ask this device to publish its birth again.
   bool request_rebirth = false;
+  // What was applied, for the index: the new latest inventory or telemetry, if any.
+  std::shared_ptr<const v1::Inventory> inventory;
+  std::shared_ptr<const v1::Telemetry> telemetry;
 };
 
 class Registry {
@@ -39,8 +44,8 @@ class Registry {
 
   IngestOutcome ingest(const topics::DeviceTopic& topic, std::string_view payload, std::int64_t now_ms, Batch& batch);
 
-  // Appends the records changed since the last flush to `batch`.
-  void flush(Batch& batch);
+  // Appends the records changed since the last flush to `batch`; returns their ids.
+  std::vector<std::string> flush(Batch& batch);
 
   const v1::DeviceRecord* find(std::string_view device_id) const;
   const std::map<std::string, v1::DeviceRecord, std::less<>>& devices() const { return devices_; }
