@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <exception>
+#include <map>
 #include <string>
 #include <variant>
 #include <vector>
@@ -36,6 +37,15 @@ enum class Command {
   devices_query,
   devices_stats,
   devices_rebirth,
+  devices_tag,
+  groups_create,
+  groups_list,
+  groups_show,
+  groups_members,
+  groups_add,
+  groups_remove,
+  groups_explain,
+  groups_delete,
   manager_status
 };
 
@@ -60,6 +70,11 @@ struct Invocation {
   std::vector<std::string> fields;
   bool explain = false;
   std::string field;  // devices stats
+  std::string group;  // groups *
+  std::string parent;
+  std::string description;
+  std::vector<std::string> device_ids;  // groups create --members, add, remove
+  std::vector<std::string> add_tags, remove_tags, set_attributes, unset_attributes;  // devices tag
 };
 
 // The resolved settings of one run.
@@ -282,6 +297,125 @@ int devices_stats(Session& session, const Invocation& inv, const Settings& s, st
       s, stats, [&] { return render_stats(stats); }, out, err);
 }
 
+// One group request; prints the reply with `render`.
+template <typename Render>
+int group_call(Session& session, const v1::RpcRequest& request, v1::RpcResponse::ResultCase expected,
+               std::string_view what, const Settings& s, Render render, std::ostream& out, std::ostream& err) {
+  auto reply = session.call(request, expected, what);
+  if (auto* f = std::get_if<Failure>(&reply)) return fail(*f, err);
+  const auto& response = std::get<v1::RpcResponse>(reply);
+  return render(response, s, out, err);
+}
+
+int groups_command(Session& session, const Invocation& inv, const Settings& s, std::ostream& out, std::ostream& err) {
+  v1::RpcRequest request;
+  const auto now = unix_now_ms();
+  auto show_group = [&](const v1::RpcResponse& r, const Settings& st, std::ostream& o, std::ostream& e) {
+    return emit(
+        st, r.group(), [&] { return render_group(r.group(), now); }, o, e);
+  };
+  switch (inv.command) {
+    case Command::groups_create: {
+      auto* g = request.mutable_create_group()->mutable_group();
+      g->set_name(inv.group);
+      g->set_parent(inv.parent);
+      g->set_description(inv.description);
+      if (!inv.query.empty()) {
+        g->set_type(v1::Group::TYPE_DYNAMIC);
+        g->set_query(inv.query);
+      }
+      for (const auto& id : inv.device_ids) g->add_members(id);
+      return group_call(session, request, v1::RpcResponse::kGroup, "groups create", s, show_group, out, err);
+    }
+    case Command::groups_list:
+      request.mutable_list_groups();
+      return group_call(
+          session, request, v1::RpcResponse::kGroups, "groups list", s,
+          [&](const v1::RpcResponse& r, const Settings& st, std::ostream& o, std::ostream& e) {
+            return emit(
+                st, r.groups(), [&] { return render_groups(r.groups()); }, o, e);
+          },
+          out, err);
+    case Command::groups_show:
+      request.mutable_show_group()->set_name(inv.group);
+      return group_call(session, request, v1::RpcResponse::kGroup, "groups show", s, show_group, out, err);
+    case Command::groups_delete:
+      request.mutable_delete_group()->set_name(inv.group);
+      return group_call(session, request, v1::RpcResponse::kGroup, "groups delete", s, show_group, out, err);
+    case Command::groups_add:
+    case Command::groups_remove: {
+      auto* q = request.mutable_change_members();
+      q->set_name(inv.group);
+      q->set_remove(inv.command == Command::groups_remove);
+      for (const auto& id : inv.device_ids) q->add_device_ids(id);
+      return group_call(session, request, v1::RpcResponse::kGroup, "groups members change", s, show_group, out, err);
+    }
+    case Command::groups_members: {
+      v1::GroupMembers all;
+      std::string cursor;
+      for (int page = 0; page < 100000; ++page) {
+        v1::RpcRequest req;
+        req.mutable_group_members()->set_name(inv.group);
+        req.mutable_group_members()->set_cursor(cursor);
+        auto reply = session.call(req, v1::RpcResponse::kGroupMembers, "groups members");
+        if (auto* f = std::get_if<Failure>(&reply)) return fail(*f, err);
+        const auto& m = std::get<v1::RpcResponse>(reply).group_members();
+        for (const auto& id : m.device_ids()) all.add_device_ids(id);
+        all.set_total(m.total());
+        if (m.next_cursor().empty() || m.next_cursor() == cursor) break;
+        cursor = m.next_cursor();
+      }
+      return emit(
+          s, all,
+          [&] {
+            std::string text;
+            for (const auto& id : all.device_ids()) text += id + "\n";
+            return text;
+          },
+          out, err);
+    }
+    case Command::groups_explain:
+      request.mutable_explain_membership()->set_name(inv.group);
+      request.mutable_explain_membership()->set_device_id(inv.device_id);
+      return group_call(
+          session, request, v1::RpcResponse::kExplanation, "groups explain", s,
+          [&](const v1::RpcResponse& r, const Settings& st, std::ostream& o, std::ostream& e) {
+            return emit(
+                st, r.explanation(), [&] { return render_explanation(r.explanation()); }, o, e);
+          },
+          out, err);
+    default: break;
+  }
+  return fail(Failure{exit_internal, "not a groups command"}, err);
+}
+
+int devices_tag(Session& session, const Invocation& inv, const Settings& s, std::ostream& out, std::ostream& err) {
+  v1::RpcRequest request;
+  auto* q = request.mutable_label_device();
+  q->set_device_id(inv.device_id);
+  for (const auto& t : inv.add_tags) q->add_add_tags(t);
+  for (const auto& t : inv.remove_tags) q->add_remove_tags(t);
+  for (const auto& kv : inv.set_attributes) {
+    const auto eq = kv.find('=');
+    if (eq == std::string::npos || eq == 0) return fail(usage(fmt::format("--set '{}': expected KEY=VALUE", kv)), err);
+    (*q->mutable_set_attributes())[kv.substr(0, eq)] = kv.substr(eq + 1);
+  }
+  for (const auto& k : inv.unset_attributes) q->add_unset_attributes(k);
+  auto reply = session.call(request, v1::RpcResponse::kLabels, fmt::format("tag {}", inv.device_id));
+  if (auto* f = std::get_if<Failure>(&reply)) return fail(*f, err);
+  const auto& labels = std::get<v1::RpcResponse>(reply).labels();
+  return emit(
+      s, labels,
+      [&] {
+        std::string text = fmt::format("tags: {}\n",
+                                       labels.tags().empty() ? "-" : fmt::format("{}", fmt::join(labels.tags(), ", ")));
+        std::map<std::string, std::string> attrs(labels.attributes().begin(), labels.attributes().end());
+        for (const auto& [k, v] : attrs) text += fmt::format("attr.{}: {}\n", k, v);
+        return text;
+      },
+      out, err);
+}
+
 int devices_rebirth(Session& session, const Invocation& inv, const Settings& s, std::ostream& out, std::ostream& err) {
   v1::RpcRequest request;
   request.mutable_rebirth()->set_device_id(inv.device_id);
@@ -303,7 +437,8 @@ int manager_status(Session& session, const Settings& s, std::ostream& out, std::
 }
 
 int execute(const Invocation& inv, std::ostream& out, std::ostream& err) {
-  if (inv.command == Command::devices_show || inv.command == Command::devices_rebirth) {
+  if (inv.command == Command::devices_show || inv.command == Command::devices_rebirth ||
+      inv.command == Command::devices_tag || inv.command == Command::groups_explain) {
     if (auto id = DeviceId::parse(inv.device_id); !id) {
       return fail(usage(fmt::format("invalid device id '{}': {}", inv.device_id, id.error().message)), err);
     }
@@ -323,6 +458,15 @@ int execute(const Invocation& inv, std::ostream& out, std::ostream& err) {
     case Command::devices_query: return devices_query(session, inv, settings, out, err);
     case Command::devices_stats: return devices_stats(session, inv, settings, out, err);
     case Command::devices_rebirth: return devices_rebirth(session, inv, settings, out, err);
+    case Command::devices_tag: return devices_tag(session, inv, settings, out, err);
+    case Command::groups_create:
+    case Command::groups_list:
+    case Command::groups_show:
+    case Command::groups_members:
+    case Command::groups_add:
+    case Command::groups_remove:
+    case Command::groups_explain:
+    case Command::groups_delete: return groups_command(session, inv, settings, out, err);
     case Command::manager_status: return manager_status(session, settings, out, err);
     case Command::none: break;
   }
@@ -426,6 +570,42 @@ int run(int argc, char** argv, std::ostream& out, std::ostream& err) {
   auto* rebirth = devices->add_subcommand("rebirth", "Ask a device to republish its birth (identity and inventory)");
   rebirth->add_option("id", inv.device_id, "Device id")->required();
 
+  auto* tag = devices->add_subcommand("tag", "Set operator tags and attributes of a device (kept by the manager)");
+  tag->add_option("id", inv.device_id, "Device id")->required();
+  tag->add_option("--add", inv.add_tags, "Tags to add, comma-separated")->delimiter(',')->type_name("TAG,...");
+  tag->add_option("--remove", inv.remove_tags, "Tags to remove, comma-separated")->delimiter(',')->type_name("TAG,...");
+  tag->add_option("--set", inv.set_attributes, "Attributes to set (queried as attr.KEY)")->type_name("KEY=VALUE");
+  tag->add_option("--unset", inv.unset_attributes, "Attributes to remove")->delimiter(',')->type_name("KEY,...");
+
+  auto* groups = app.add_subcommand("groups", "Static and query-defined groups of devices");
+  auto* g_create = groups->add_subcommand("create", "Create a group: static (--members) or dynamic (--query)");
+  g_create->add_option("name", inv.group, "Group name")->required();
+  g_create->add_option("--parent", inv.parent, "Parent group (tenant -> site -> group -> subgroup)")
+      ->type_name("GROUP");
+  auto* g_query =
+      g_create->add_option("--query", inv.query, "Dynamic group: devices matching this query")->type_name("QUERY");
+  g_create->add_option("--members", inv.device_ids, "Static group: device ids, comma-separated")
+      ->delimiter(',')
+      ->excludes(g_query)
+      ->type_name("ID,...");
+  g_create->add_option("--description", inv.description, "Free text");
+  auto* g_list = groups->add_subcommand("list", "List groups");
+  auto* g_show = groups->add_subcommand("show", "Show a group");
+  g_show->add_option("name", inv.group, "Group name")->required();
+  auto* g_members = groups->add_subcommand("members", "List the members of a group and its subgroups");
+  g_members->add_option("name", inv.group, "Group name")->required();
+  auto* g_add = groups->add_subcommand("add", "Add devices to a static group");
+  g_add->add_option("name", inv.group, "Group name")->required();
+  g_add->add_option("ids", inv.device_ids, "Device ids")->required();
+  auto* g_remove = groups->add_subcommand("remove", "Remove devices from a static group");
+  g_remove->add_option("name", inv.group, "Group name")->required();
+  g_remove->add_option("ids", inv.device_ids, "Device ids")->required();
+  auto* g_explain = groups->add_subcommand("explain", "Why a device is or is not a member");
+  g_explain->add_option("name", inv.group, "Group name")->required();
+  g_explain->add_option("id", inv.device_id, "Device id")->required();
+  auto* g_delete = groups->add_subcommand("delete", "Delete a group (it must have no subgroups)");
+  g_delete->add_option("name", inv.group, "Group name")->required();
+
   auto* manager = app.add_subcommand("manager", "Inspect the fleet manager");
   auto* status = manager->add_subcommand("status", "Show the manager's instance, uptime and counters");
 
@@ -440,11 +620,16 @@ int run(int argc, char** argv, std::ostream& out, std::ostream& err) {
     return fail(usage(fmt::format("{} (see flotilla --help)", e.what())), err);
   }
 
-  if (!devices->parsed() && !manager->parsed()) {
-    return fail(usage("a command is required: devices or manager (see flotilla --help)"), err);
+  if (!devices->parsed() && !manager->parsed() && !groups->parsed()) {
+    return fail(usage("a command is required: devices, groups or manager (see flotilla --help)"), err);
+  }
+  if (groups->parsed() && groups->get_subcommands().empty()) {
+    return fail(usage("groups: a subcommand is required: create, list, show, members, add, remove, explain or "
+                      "delete (see flotilla groups --help)"),
+                err);
   }
   if (devices->parsed() && devices->get_subcommands().empty()) {
-    return fail(usage("devices: a subcommand is required: list, show, count, query, stats or rebirth "
+    return fail(usage("devices: a subcommand is required: list, show, count, query, stats, tag or rebirth "
                       "(see flotilla devices --help)"),
                 err);
   }
@@ -458,6 +643,15 @@ int run(int argc, char** argv, std::ostream& out, std::ostream& err) {
   else if (stats->parsed()) inv.command = Command::devices_stats;
   else if (rebirth->parsed()) inv.command = Command::devices_rebirth;
   else if (status->parsed()) inv.command = Command::manager_status;
+  else if (tag->parsed()) inv.command = Command::devices_tag;
+  else if (g_create->parsed()) inv.command = Command::groups_create;
+  else if (g_list->parsed()) inv.command = Command::groups_list;
+  else if (g_show->parsed()) inv.command = Command::groups_show;
+  else if (g_members->parsed()) inv.command = Command::groups_members;
+  else if (g_add->parsed()) inv.command = Command::groups_add;
+  else if (g_remove->parsed()) inv.command = Command::groups_remove;
+  else if (g_explain->parsed()) inv.command = Command::groups_explain;
+  else if (g_delete->parsed()) inv.command = Command::groups_delete;
 
   try {
     return execute(inv, out, err);

@@ -362,6 +362,38 @@ std::string render_stats(const v1::DeviceStats& s) {
   return render_columns(rows);
 }
 
+std::string render_group(const v1::GroupInfo& info, std::int64_t now_ms) {
+  const auto& g = info.group();
+  const bool dynamic = g.type() == v1::Group::TYPE_DYNAMIC;
+  std::vector<std::vector<std::string>> rows{
+      {"Group:", g.name()},
+      {"Type:", dynamic ? "dynamic" : "static"},
+      {"Parent:", g.parent().empty() ? "-" : g.parent()},
+      {"Subgroups:", info.children().empty() ? "-" : fmt::format("{}", fmt::join(info.children(), ", "))},
+      {"Members:", fmt::format("{} ({} direct)", info.members(), info.direct_members())},
+      {"Created:", g.created_ms() == 0 ? "-" : format_age(g.created_ms(), now_ms)}};
+  if (dynamic) rows.push_back({"Query:", g.query()});
+  if (!g.description().empty()) rows.push_back({"Description:", g.description()});
+  return render_columns(rows);
+}
+
+std::string render_groups(const v1::GroupList& list) {
+  std::vector<std::vector<std::string>> rows{{"NAME", "TYPE", "PARENT", "MEMBERS", "QUERY"}};
+  for (const auto& info : list.groups()) {
+    const auto& g = info.group();
+    rows.push_back({g.name(), g.type() == v1::Group::TYPE_DYNAMIC ? "dynamic" : "static",
+                    g.parent().empty() ? "-" : g.parent(), std::to_string(info.members()),
+                    g.query().empty() ? "-" : g.query()});
+  }
+  return render_columns(rows, {}, {3});
+}
+
+std::string render_explanation(const v1::MembershipExplanation& e) {
+  std::string out = e.member() ? "member\n" : "not a member\n";
+  for (const auto& l : e.lines()) out += "  " + l + "\n";
+  return out;
+}
+
 Result<std::string> to_json(const google::protobuf::Message& message) {
   google::protobuf::util::JsonPrintOptions options;
   options.preserve_proto_field_names = true;

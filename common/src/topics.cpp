@@ -52,6 +52,11 @@ Result<std::string> cli_reply(std::string_view user, std::string_view session) {
   return fmt::format("{}/cli/{}/{}", root, user, session);
 }
 
+Result<std::string> group_events(std::string_view group) {
+  if (auto st = validate_topic_level_name(group, "group name"); !st) return std::move(st).error();
+  return fmt::format("{}/mgr/groups/{}/events", root, group);
+}
+
 Result<DeviceTopic> parse_device_topic(std::string_view topic) {
   if (!topic.starts_with(kDevicePrefix)) {
     return make_error(Errc::invalid_argument, "topic is not under {}", kDevicePrefix);

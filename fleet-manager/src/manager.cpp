@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <set>
 
 #include "flotilla/core/clock.hpp"
 #include "flotilla/core/codec.hpp"
@@ -36,7 +37,10 @@ Result<std::unique_ptr<Manager>> Manager::create(ManagerConfig config, std::uniq
   if (auto st = validate(config); !st) return std::move(st).error();
   auto registry = Registry::load(*store);
   if (!registry) return std::move(registry).error();
-  std::unique_ptr<Manager> m(new Manager(std::move(config), std::move(store), std::move(registry).value()));
+  auto groups = Groups::load(*store);
+  if (!groups) return std::move(groups).error();
+  std::unique_ptr<Manager> m(
+      new Manager(std::move(config), std::move(store), std::move(registry).value(), std::move(groups).value()));
   if (auto st = m->build_index(); !st) return std::move(st).error();
 
   auto options = config::transport_options(m->config_.mqtt);
@@ -70,17 +74,42 @@ Result<std::unique_ptr<Manager>> Manager::create(ManagerConfig config, std::uniq
   return m;
 }
 
-Manager::Manager(ManagerConfig config, std::unique_ptr<Store> store, Registry registry)
+Manager::Manager(ManagerConfig config, std::unique_ptr<Store> store, Registry registry, Groups groups)
     : config_(std::move(config)),
       store_(std::move(store)),
       registry_(std::move(registry)),
+      groups_(std::move(groups)),
       queue_(config_.queue_capacity),
       log_limiter_(config_.log_burst, std::chrono::minutes(1)) {}
 
 Manager::~Manager() = default;
 
+DeviceFacts Manager::record_facts(const std::string& id) const {
+  DeviceFacts f;
+  f.id = id;
+  if (const auto* r = registry_.find(id)) add_record_facts(*r, f);
+  if (auto it = labels_.find(id); it != labels_.end()) {
+    for (const auto& t : it->second.tags()) f.values.emplace_back("tag", t);
+    for (const auto& [k, v] : it->second.attributes()) f.values.emplace_back("attr." + k, v);
+  }
+  for (auto& g : groups_.groups_of(id)) f.values.emplace_back("group", std::move(g));
+  return f;
+}
+
 Status Manager::build_index() {
   const auto started = SteadyClock::now();
+  Status bad;
+  auto scanned = store_->scan(Space::labels, "", [&](std::string_view key, std::string_view value) {
+    v1::DeviceLabels l;
+    if (!l.ParseFromArray(value.data(), static_cast<int>(value.size()))) {
+      bad = make_error(Errc::corruption, "labels of {} do not decode", key);
+      return false;
+    }
+    labels_.emplace(std::string(key), std::move(l));
+    return true;
+  });
+  if (!scanned) return scanned;
+  if (!bad) return bad;
   for (const auto& [id, record] : registry_.devices()) {
     v1::Inventory inventory;
     v1::Telemetry telemetry;
@@ -99,7 +128,10 @@ Status Manager::build_index() {
       }
       *present = true;
     }
-    index_.upsert(facts_of(record, has_inventory ? &inventory : nullptr, has_telemetry ? &telemetry : nullptr));
+    DeviceFacts f = record_facts(id);
+    if (has_inventory) add_inventory_facts(inventory, f);
+    if (has_telemetry) add_telemetry_facts(telemetry, f);
+    index_.upsert(f);
   }
   log::info("index of {} devices built in {} ms", index_.size(),
             std::chrono::duration_cast<std::chrono::milliseconds>(SteadyClock::now() - started).count());
@@ -111,6 +143,7 @@ void Manager::run(std::stop_token stop) {
   log::info("manager {} starting with {} devices in the registry ({} marked online)", config_.instance_id,
             registry_.devices().size(), registry_.online_count());
   connection_->start(SteadyClock::now());
+  auto next_reconcile = SteadyClock::now() + std::chrono::seconds(30);
   std::vector<TransportEvent> events;
   events.reserve(config_.max_batch);
   while (!stop.stop_requested()) {
@@ -121,6 +154,13 @@ void Manager::run(std::stop_token stop) {
     queue_.drain(events, config_.max_batch, wait);
     if (!events.empty()) handle_batch(events);
     connection_->tick(SteadyClock::now());
+    if (SteadyClock::now() >= next_reconcile) {
+      // Dynamic groups whose queries involve time (last_seen<-5m) change without any event.
+      Batch batch;
+      auto changes = groups_.reconcile(index_, unix_now_ms(), batch);
+      commit(batch, {}, std::move(changes));
+      next_reconcile = SteadyClock::now() + std::chrono::seconds(30);
+    }
   }
   log::info("manager stopping");
   if (connection_->up()) {
@@ -169,6 +209,13 @@ void Manager::handle_batch(std::vector<TransportEvent>& events) {
     }
   }
   const auto changed = registry_.flush(batch);
+  // The index and group membership follow the batch before it commits; nothing is answered or
+  // published until it is durable (a failed write stops the manager).
+  for (const auto& id : changed) index_.update(record_facts(id), FactPart::record);
+  for (const auto& f : inventories) index_.update(f, FactPart::inventory);
+  for (const auto& f : telemetry) index_.update(f, FactPart::telemetry);
+  auto membership = groups_.reevaluate(changed, index_, now_ms, batch);
+  (void)refresh_membership(membership);
   if (!batch.empty()) {
     // Nothing is answered or acted on until the batch is durable: a failed write stops the
     // manager, and a restart resumes from what RocksDB holds.
@@ -178,16 +225,7 @@ void Manager::handle_batch(std::vector<TransportEvent>& events) {
     }
     ++batches_;
   }
-  // The index follows the commit and precedes every reply, so an answered query sees every
-  // acknowledged write.
-  for (const auto& id : changed) {
-    DeviceFacts f;
-    f.id = id;
-    add_record_facts(*registry_.find(id), f);
-    index_.update(f, FactPart::record);
-  }
-  for (const auto& f : inventories) index_.update(f, FactPart::inventory);
-  for (const auto& f : telemetry) index_.update(f, FactPart::telemetry);
+  publish_events(membership);
   for (const Message* request : requests) answer(*request);
   for (const auto& device_id : rebirths_due_) {
     auto id = DeviceId::parse(device_id);
@@ -204,6 +242,37 @@ void Manager::handle_batch(std::vector<TransportEvent>& events) {
     }
   }
   rebirths_due_.clear();
+}
+
+std::vector<std::string> Manager::refresh_membership(std::vector<v1::MembershipEvent>& events) {
+  std::set<std::string> devices;
+  for (const auto& e : events) devices.insert(e.device_id());
+  for (const auto& id : devices) index_.update(record_facts(id), FactPart::record);
+  events_["group_membership"] += events.size();
+  return {devices.begin(), devices.end()};
+}
+
+void Manager::commit(Batch& batch, const std::vector<std::string>& devices, std::vector<v1::MembershipEvent> events) {
+  for (const auto& id : devices) index_.update(record_facts(id), FactPart::record);
+  (void)refresh_membership(events);
+  if (!batch.empty()) {
+    if (auto st = store_->write(batch, true); !st) {
+      log::error("store write failed, stopping: {}", st.error().message);
+      std::_Exit(74);
+    }
+    ++batches_;
+  }
+  publish_events(events);
+}
+
+void Manager::publish_events(const std::vector<v1::MembershipEvent>& events) {
+  for (const auto& e : events) {
+    auto topic = topics::group_events(e.group());
+    if (!topic) continue;
+    if (auto id = transport_->publish(Message{*topic, codec::encode(e), 1, false, {}, {}}); !id) {
+      count_drop("event_not_published", *topic, id.error().message);
+    }
+  }
 }
 
 void Manager::ingest(const Message& message, std::int64_t now_ms, Batch& batch, std::vector<DeviceFacts>& inventories,
@@ -399,6 +468,117 @@ v1::RpcResponse Manager::dispatch(const v1::RpcRequest& request) {
       out->set_matched(index_.count(*where, now));
       return r;
     }
+    case v1::RpcRequest::kCreateGroup: {
+      Batch batch;
+      auto events = groups_.create(request.create_group().group(), index_, unix_now_ms(), batch);
+      if (!events) return failure(v1::RpcResponse::CODE_INVALID_ARGUMENT, events.error().message);
+      const std::string name = request.create_group().group().name();
+      commit(batch, {}, std::move(events).value());
+      *r.mutable_group() = group_info(name);
+      return r;
+    }
+    case v1::RpcRequest::kListGroups: {
+      for (const auto* g : groups_.list()) *r.mutable_groups()->add_groups() = group_info(g->name());
+      return r;
+    }
+    case v1::RpcRequest::kShowGroup: {
+      const auto& name = request.show_group().name();
+      if (groups_.find(name) == nullptr)
+        return failure(v1::RpcResponse::CODE_NOT_FOUND, fmt::format("group {} does not exist", name));
+      *r.mutable_group() = group_info(name);
+      return r;
+    }
+    case v1::RpcRequest::kGroupMembers: {
+      const auto& q = request.group_members();
+      if (groups_.find(q.name()) == nullptr) {
+        return failure(v1::RpcResponse::CODE_NOT_FOUND, fmt::format("group {} does not exist", q.name()));
+      }
+      const auto members = groups_.members(q.name());
+      const std::uint32_t limit = q.limit() == 0 ? kDefaultPage : std::min(q.limit(), kMaxPage);
+      auto it = std::upper_bound(members.begin(), members.end(), q.cursor());
+      if (q.cursor().empty()) it = members.begin();
+      auto* out = r.mutable_group_members();
+      for (; it != members.end() && static_cast<std::uint32_t>(out->device_ids_size()) < limit; ++it)
+        out->add_device_ids(*it);
+      if (it != members.end()) out->set_next_cursor(*out->device_ids().rbegin());
+      out->set_total(members.size());
+      return r;
+    }
+    case v1::RpcRequest::kChangeMembers: {
+      const auto& q = request.change_members();
+      Batch batch;
+      std::vector<std::string> ids(q.device_ids().begin(), q.device_ids().end());
+      auto events = groups_.change_members(q.name(), ids, q.remove(), unix_now_ms(), batch);
+      if (!events) {
+        return failure(events.error().code == Errc::not_found ? v1::RpcResponse::CODE_NOT_FOUND
+                                                              : v1::RpcResponse::CODE_INVALID_ARGUMENT,
+                       events.error().message);
+      }
+      commit(batch, {}, std::move(events).value());
+      *r.mutable_group() = group_info(q.name());
+      return r;
+    }
+    case v1::RpcRequest::kExplainMembership: {
+      const auto& q = request.explain_membership();
+      if (groups_.find(q.name()) == nullptr) {
+        return failure(v1::RpcResponse::CODE_NOT_FOUND, fmt::format("group {} does not exist", q.name()));
+      }
+      bool member = false;
+      auto lines = groups_.explain(q.name(), q.device_id(), index_, unix_now_ms(), member);
+      auto* out = r.mutable_explanation();
+      out->set_member(member);
+      for (auto& l : lines) out->add_lines(std::move(l));
+      return r;
+    }
+    case v1::RpcRequest::kDeleteGroup: {
+      const auto& name = request.delete_group().name();
+      if (groups_.find(name) == nullptr)
+        return failure(v1::RpcResponse::CODE_NOT_FOUND, fmt::format("group {} does not exist", name));
+      *r.mutable_group() = group_info(name);
+      Batch batch;
+      auto events = groups_.erase(name, unix_now_ms(), batch);
+      if (!events) return failure(v1::RpcResponse::CODE_INVALID_ARGUMENT, events.error().message);
+      commit(batch, {}, std::move(events).value());
+      return r;
+    }
+    case v1::RpcRequest::kLabelDevice: {
+      const auto& q = request.label_device();
+      auto id = DeviceId::parse(q.device_id());
+      if (!id) return failure(v1::RpcResponse::CODE_INVALID_ARGUMENT, id.error().message);
+      if (registry_.find(id->str()) == nullptr) {
+        return failure(v1::RpcResponse::CODE_NOT_FOUND, fmt::format("device {} is not known", *id));
+      }
+      v1::DeviceLabels labels = labels_[id->str()];
+      std::set<std::string> tags(labels.tags().begin(), labels.tags().end());
+      for (const auto& t : q.add_tags()) {
+        if (auto st = validate_topic_level_name(t, "tag"); !st)
+          return failure(v1::RpcResponse::CODE_INVALID_ARGUMENT, st.error().message);
+        tags.insert(t);
+      }
+      for (const auto& t : q.remove_tags()) tags.erase(t);
+      for (const auto& [k, v] : q.set_attributes()) {
+        if (auto st = validate_topic_level_name(k, "attribute name"); !st) {
+          return failure(v1::RpcResponse::CODE_INVALID_ARGUMENT, st.error().message);
+        }
+        if (v.size() > 256)
+          return failure(v1::RpcResponse::CODE_INVALID_ARGUMENT, fmt::format("attribute {}: at most 256 bytes", k));
+        (*labels.mutable_attributes())[k] = v;
+      }
+      for (const auto& k : q.unset_attributes()) labels.mutable_attributes()->erase(k);
+      if (tags.size() > 64 || labels.attributes_size() > 64) {
+        return failure(v1::RpcResponse::CODE_INVALID_ARGUMENT, "at most 64 tags and 64 attributes per device");
+      }
+      labels.clear_tags();
+      for (const auto& t : tags) labels.add_tags(t);
+      labels_[id->str()] = labels;
+      Batch batch;
+      batch.put(Space::labels, id->str(), codec::encode(labels));
+      index_.update(record_facts(id->str()), FactPart::record);
+      auto events = groups_.reevaluate({id->str()}, index_, unix_now_ms(), batch);
+      commit(batch, {id->str()}, std::move(events));
+      *r.mutable_labels() = labels;
+      return r;
+    }
     case v1::RpcRequest::kManagerStats: {
       *r.mutable_manager_stats() = stats();
       return r;
@@ -418,6 +598,15 @@ v1::RpcResponse Manager::dispatch(const v1::RpcRequest& request) {
     case v1::RpcRequest::METHOD_NOT_SET: break;
   }
   return failure(v1::RpcResponse::CODE_INVALID_ARGUMENT, "unknown or missing request method");
+}
+
+v1::GroupInfo Manager::group_info(const std::string& name) const {
+  v1::GroupInfo info;
+  if (const auto* g = groups_.find(name)) *info.mutable_group() = *g;
+  info.set_direct_members(groups_.direct_member_count(name));
+  info.set_members(groups_.members(name).size());
+  for (auto& c : groups_.children(name)) info.add_children(std::move(c));
+  return info;
 }
 
 v1::ManagerStats Manager::stats() const {

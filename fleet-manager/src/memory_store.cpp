@@ -18,7 +18,7 @@
 namespace flotilla::manager {
 namespace {
 
-constexpr std::size_t kSpaceCount = 4;
+constexpr std::size_t kSpaceCount = 6;
 
 // Owns one sorted map per Space. Thread-safe: readers share a lock, a batch is applied under
 // an exclusive one, so it is atomic. `sync` is accepted and ignored.

@@ -1,7 +1,8 @@
 // The RocksDB-backed Store: the only file in Flotilla that includes RocksDB headers. Every
 // rocksdb::Status is converted here into a flotilla::Error naming the operation and the path.
 //
-// Layout: one column family per Space ("devices", "inventory", "telemetry", "meta"), plus
+// Layout: one column family per Space ("devices", "inventory", "telemetry", "meta", "groups",
+// "labels"; families missing from an older store are created on open), plus
 // RocksDB's mandatory "default", which stays empty. The meta key "store.schema_version" holds
 // the on-disk schema version; a directory written by a newer Flotilla is refused before this
 // build changes anything in it.
@@ -40,7 +41,8 @@ constexpr std::string_view kSchemaKey = "store.schema_version";
 constexpr int kSchemaVersion = 1;
 
 // Column family names, indexed by Space.
-constexpr std::array<std::string_view, 4> kSpaceNames = {"devices", "inventory", "telemetry", "meta"};
+constexpr std::array<std::string_view, 6> kSpaceNames = {"devices", "inventory", "telemetry",
+                                                         "meta",    "groups",    "labels"};
 
 std::optional<std::size_t> space_index(Space space) {
   const auto index = static_cast<std::size_t>(space);

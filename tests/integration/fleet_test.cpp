@@ -611,3 +611,69 @@ TEST_CASE("queries through the CLI: filter, sort, project, page, count with a fi
   CHECK(bad.output.find("position") != std::string::npos);
   CHECK(fleet.cli({"devices", "count", "--by", "no.such.field"}).status == 5);
 }
+
+TEST_CASE("groups and tags through the CLI: hierarchy, dynamic membership, events, explain, restart") {
+  Fleet fleet({.sim_devices = 12});
+  fleet.start_manager();
+  fleet.start_sim(12, "1s");
+  REQUIRE(Fleet::wait_until(
+      [&] {
+        auto all = fleet.devices();
+        return all && all->size() == 12;
+      },
+      30s, 200ms));
+
+  // Membership events, read with the operator's credentials (the ACL grants them).
+  RawClient watcher(fleet.broker().service_uri(), "flotilla-operator", fleet.password("flotilla-operator"));
+  watcher.subscribe("flotilla/v1/mgr/groups/+/events");
+
+  REQUIRE(fleet.cli({"groups", "create", "acme"}).status == 0);
+  auto created = fleet.cli({"-o", "json", "groups", "create", "sensors", "--parent", "acme", "--query", "kind:sensor"});
+  REQUIRE(created.status == 0);
+  CHECK(parse_json<v1::GroupInfo>(created.output).members() == 4);
+  REQUIRE(fleet.cli({"groups", "create", "lab", "--parent", "acme", "--members", "sim-pc-00000,sim-printer-00001"})
+              .status == 0);
+  auto acme = fleet.cli({"-o", "json", "groups", "show", "acme"});
+  REQUIRE(acme.status == 0);
+  CHECK(parse_json<v1::GroupInfo>(acme.output).members() == 6);
+
+  // group: in queries includes subgroups.
+  auto in_acme = fleet.cli({"-o", "json", "devices", "query", "group:acme"});
+  REQUIRE(in_acme.status == 0);
+  CHECK(parse_json<v1::QueryDevicesResponse>(in_acme.output).total() == 6);
+
+  // An operator tag moves a device into a dynamic group at once, with an event.
+  REQUIRE(fleet.cli({"groups", "create", "vip", "--query", "tag:vip"}).status == 0);
+  REQUIRE(fleet.cli({"devices", "tag", "sim-pc-00003", "--add", "vip", "--set", "rack=r12"}).status == 0);
+  auto vip = fleet.cli({"-o", "json", "groups", "members", "vip"});
+  REQUIRE(vip.status == 0);
+  CHECK(parse_json<v1::GroupMembers>(vip.output).device_ids_size() == 1);
+  auto by_attr = fleet.cli({"-o", "json", "devices", "query", "attr.rack:r12"});
+  CHECK(parse_json<v1::QueryDevicesResponse>(by_attr.output).total() == 1);
+  bool saw_event = false;
+  for (int i = 0; i < 40 && !saw_event; ++i) {
+    auto m = watcher.next_on("flotilla/v1/mgr/groups/vip/events", 500ms);
+    if (!m) continue;
+    auto e = codec::decode<v1::MembershipEvent>(m->payload, codec::max_small_bytes);
+    REQUIRE(e);
+    saw_event = e->device_id() == "sim-pc-00003" && e->joined();
+  }
+  CHECK(saw_event);
+
+  auto why = fleet.cli({"groups", "explain", "sensors", "sim-pc-00000"});
+  CHECK(why.status == 0);
+  CHECK(why.output.find("not a member") != std::string::npos);
+  CHECK(why.output.find("kind:sensor failed") != std::string::npos);
+  CHECK(fleet.cli({"groups", "delete", "acme"}).status == 5);  // has subgroups
+  CHECK(fleet.cli({"groups", "show", "nope"}).status == 4);
+
+  // Groups, labels and memberships survive a manager restart.
+  REQUIRE(fleet.manager().terminate(10s) == 0);
+  fleet.start_manager();
+  auto again = fleet.cli({"-o", "json", "devices", "query", "group:vip AND attr.rack:r12"});
+  REQUIRE(again.status == 0);
+  CHECK(parse_json<v1::QueryDevicesResponse>(again.output).total() == 1);
+  auto list = fleet.cli({"-o", "json", "groups", "list"});
+  REQUIRE(list.status == 0);
+  CHECK(parse_json<v1::GroupList>(list.output).groups_size() == 4);
+}

@@ -58,5 +58,8 @@ std::string render_columns(const std::vector<std::vector<std::string>>& rows, st
 // total and, when there is one, how to fetch the next page; the plan follows when requested.
 std::string render_query_table(const v1::QueryDevicesResponse& page, std::int64_t now_ms);
 std::string render_stats(const v1::DeviceStats& stats);
+std::string render_group(const v1::GroupInfo& info, std::int64_t now_ms);
+std::string render_groups(const v1::GroupList& list);
+std::string render_explanation(const v1::MembershipExplanation& explanation);
 
 }  // namespace flotilla::cli

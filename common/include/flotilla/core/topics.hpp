@@ -33,6 +33,8 @@ std::string all_devices(Channel channel);
 
 std::string manager_state();  // retained ManagerState
 std::string manager_rpc();    // RpcRequest from operators
+// Membership events of one group: flotilla/v1/mgr/groups/{group}/events.
+Result<std::string> group_events(std::string_view group);
 // Reply topic of one CLI invocation: flotilla/v1/cli/{user}/{session}.
 Result<std::string> cli_reply(std::string_view user, std::string_view session);
 

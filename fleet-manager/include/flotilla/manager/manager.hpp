@@ -16,6 +16,7 @@
 #include "flotilla/core/queue.hpp"
 #include "flotilla/core/transport.hpp"
 #include "flotilla/manager/config.hpp"
+#include "flotilla/manager/groups.hpp"
 #include "flotilla/manager/index.hpp"
 #include "flotilla/manager/registry.hpp"
 #include "flotilla/manager/store.hpp"
@@ -39,24 +40,33 @@ class Manager {
   std::uint64_t messages_ingested() const { return messages_.load(); }
 
  private:
-  Manager(ManagerConfig config, std::unique_ptr<Store> store, Registry registry);
+  Manager(ManagerConfig config, std::unique_ptr<Store> store, Registry registry, Groups groups);
 
   void on_up();
   void handle_batch(std::vector<TransportEvent>& events);
   void ingest(const Message& message, std::int64_t now_ms, Batch& batch, std::vector<DeviceFacts>& inventories,
               std::vector<DeviceFacts>& telemetry);
   Status build_index();
+  DeviceFacts record_facts(const std::string& id) const;
+  // Commits a batch made outside ingest (operator writes, reconciliation), updates the index
+  // for `devices` and publishes `events`. A failed write stops the manager.
+  void commit(Batch& batch, const std::vector<std::string>& devices, std::vector<v1::MembershipEvent> events);
+  void publish_events(const std::vector<v1::MembershipEvent>& events);
+  std::vector<std::string> refresh_membership(std::vector<v1::MembershipEvent>& events);
   void count_drop(const std::string& reason, const std::string& topic, const std::string& detail);
   void answer(const Message& request);
   v1::RpcResponse dispatch(const v1::RpcRequest& request);
   void request_rebirth(const std::string& device_id, std::int64_t now_ms);
   Message presence(bool online, std::int64_t since_ms) const;
   v1::ManagerStats stats() const;
+  v1::GroupInfo group_info(const std::string& name) const;
 
   ManagerConfig config_;
   std::unique_ptr<Store> store_;
   Registry registry_;
   FleetIndex index_;
+  Groups groups_;
+  std::map<std::string, v1::DeviceLabels, std::less<>> labels_;
   BoundedQueue<TransportEvent> queue_;
   std::unique_ptr<Transport> transport_;
   std::unique_ptr<Connection> connection_;

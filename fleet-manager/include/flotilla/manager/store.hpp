@@ -21,7 +21,9 @@ enum class Space {
   devices,    // DeviceRecord
   inventory,  // latest Inventory
   telemetry,  // latest Telemetry
-  meta,       // store schema version and manager-wide counters; keys are names
+  meta,       // store schema version; keys are names
+  groups,     // "g/{name}": Group; "m/{name}/{device}": membership; "e/{seq:020}": MembershipEvent
+  labels,     // operator tags and attributes of a device (DeviceLabels)
 };
 
 // A set of writes applied atomically.
