@@ -1,14 +1,33 @@
 #include "flotilla/core/codec.hpp"
 
 #include <limits>
+#include <mutex>
 
 #include <google/protobuf/io/coded_stream.h>
+#include <google/protobuf/stubs/logging.h>
+
+#include "flotilla/core/log.hpp"
 
 namespace flotilla::codec {
 
 std::string encode(const google::protobuf::MessageLite& message) { return message.SerializeAsString(); }
 
+namespace {
+
+// Protobuf logs hostile input itself (e.g. invalid UTF-8 in a string field) straight to stderr;
+// a misbehaving device could flood it. Decoders report failures through their Result and the
+// callers' rate-limited counters, so protobuf's own lines go to the debug level.
+void protobuf_log(google::protobuf::LogLevel level, const char* file, int line, const std::string& message) {
+  if (level >= google::protobuf::LOGLEVEL_FATAL) log::error("protobuf {}:{}: {}", file, line, message);
+  else log::debug("protobuf {}:{}: {}", file, line, message);
+}
+
+std::once_flag g_log_handler_once;
+
+}  // namespace
+
 Status decode_into(std::string_view bytes, std::size_t max_bytes, google::protobuf::MessageLite& out) {
+  std::call_once(g_log_handler_once, [] { google::protobuf::SetLogHandler(&protobuf_log); });
   if (bytes.size() > max_bytes) {
     return make_error(Errc::too_large, "{} bytes exceeds the limit of {}", bytes.size(), max_bytes);
   }
