@@ -103,12 +103,13 @@ void Groups::set_member(const std::string& group, const std::string& id, bool me
 }
 
 Result<std::vector<v1::MembershipEvent>> Groups::create(v1::Group g, const FleetIndex& index, std::int64_t now_ms,
-                                                         Batch& batch) {
+                                                        Batch& batch) {
   if (auto st = validate_topic_level_name(g.name(), "group name"); !st) return std::move(st).error();
   if (groups_.contains(g.name())) return make_error(Errc::already_exists, "group {} already exists", g.name());
   if (groups_.size() >= kMaxGroups) return make_error(Errc::invalid_argument, "at most {} groups", kMaxGroups);
   if (!g.parent().empty()) {
-    if (!groups_.contains(g.parent())) return make_error(Errc::invalid_argument, "parent group {} does not exist", g.parent());
+    if (!groups_.contains(g.parent()))
+      return make_error(Errc::invalid_argument, "parent group {} does not exist", g.parent());
     int depth = 1;
     for (const v1::Group* p = find(g.parent()); p != nullptr && !p->parent().empty(); p = find(p->parent())) ++depth;
     if (depth >= kMaxDepth) return make_error(Errc::invalid_argument, "groups nest at most {} deep", kMaxDepth);
@@ -138,7 +139,8 @@ Result<std::vector<v1::MembershipEvent>> Groups::create(v1::Group g, const Fleet
     if (!g.query().empty()) return make_error(Errc::invalid_argument, "a static group has no query");
     std::set<std::string> members;
     for (const auto& m : g.members()) {
-      if (auto st = DeviceId::parse(m); !st) return make_error(Errc::invalid_argument, "member: {}", st.error().message);
+      if (auto st = DeviceId::parse(m); !st)
+        return make_error(Errc::invalid_argument, "member: {}", st.error().message);
       members.insert(m);
     }
     g.clear_members();
@@ -324,8 +326,9 @@ std::vector<std::string> Groups::explain(std::string_view name, const std::strin
       lines.push_back(fmt::format("query of dynamic group {}: {} -> {}", name, query::to_string(q),
                                   trace.matched ? "matched" : "did not match"));
       for (const auto& l : trace.lines) {
-        lines.push_back(fmt::format("  {} {} (device has: {})", l.predicate, l.matched ? "matched" : "failed",
-                                    l.values.empty() ? std::string("no value") : fmt::format("{}", fmt::join(l.values, ", "))));
+        lines.push_back(
+            fmt::format("  {} {} (device has: {})", l.predicate, l.matched ? "matched" : "failed",
+                        l.values.empty() ? std::string("no value") : fmt::format("{}", fmt::join(l.values, ", "))));
       }
     }
   }

@@ -54,7 +54,8 @@ struct Fixture {
 TEST_CASE("dynamic groups follow device state; every change is an event; state survives a reload") {
   Fixture f;
   Batch b;
-  auto events = f.apply(f.groups.create(dynamic("old-fw", "kind:sensor AND firmware.version:1.2.*"), f.index, kNow, b), b);
+  auto events = f.apply(f.groups.create(dynamic("old-fw", "kind:sensor AND firmware.version:1.2.*"), f.index, kNow, b),
+                        b);
   CHECK(events.size() == 2);
   CHECK(f.groups.members("old-fw") == std::vector<std::string>{"s1", "s3"});
 

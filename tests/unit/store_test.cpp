@@ -235,7 +235,8 @@ void check_store_contract(const Factory& make) {
     const auto r = store->get(static_cast<Space>(-1), "k");
     REQUIRE_FALSE(r.ok());
     CHECK(r.error().code == Errc::invalid_argument);
-    const auto status = store->scan(static_cast<Space>(99), "", [](std::string_view, std::string_view) { return true; });
+    const auto status = store->scan(static_cast<Space>(99), "",
+                                    [](std::string_view, std::string_view) { return true; });
     REQUIRE_FALSE(status.ok());
     CHECK(status.error().code == Errc::invalid_argument);
   }

@@ -60,9 +60,9 @@ class Groups {
   void set_member(const std::string& group, const std::string& id, bool member, bool persist, Batch& batch);
 
   std::map<std::string, v1::Group, std::less<>> groups_;
-  std::map<std::string, query::Node, std::less<>> queries_;  // parsed queries of dynamic groups
-  std::map<std::string, std::set<std::string>, std::less<>> direct_;      // group -> devices
-  std::map<std::string, std::set<std::string>, std::less<>> of_device_;   // device -> groups (direct)
+  std::map<std::string, query::Node, std::less<>> queries_;              // parsed queries of dynamic groups
+  std::map<std::string, std::set<std::string>, std::less<>> direct_;     // group -> devices
+  std::map<std::string, std::set<std::string>, std::less<>> of_device_;  // device -> groups (direct)
   std::uint64_t event_seq_ = 0;
 };
 
