@@ -12,7 +12,7 @@ readonly PACKAGES=(
   libpaho-mqttpp-dev libpaho-mqtt-dev
   mosquitto mosquitto-clients
   libprotobuf-dev protobuf-compiler
-  librocksdb-dev libfmt-dev doctest-dev libcli11-dev libtomlplusplus-dev libssl-dev
+  librocksdb-dev libfmt-dev doctest-dev libcli11-dev libtomlplusplus-dev libssl-dev libsqlite3-dev
   clang-format clang-tidy
   coreutils python3
 )
