@@ -170,16 +170,6 @@ void append_counters(std::string& out, std::string_view title, const Map& counte
 
 }  // namespace
 
-std::string_view kind_name(v1::DeviceKind kind) noexcept {
-  switch (kind) {
-    case v1::DEVICE_KIND_COMPUTER: return "computer";
-    case v1::DEVICE_KIND_PRINTER: return "printer";
-    case v1::DEVICE_KIND_SENSOR: return "sensor";
-    case v1::DEVICE_KIND_GATEWAY: return "gateway";
-    default: return "unknown";
-  }
-}
-
 std::string format_bytes(std::uint64_t bytes) {
   static constexpr std::array<std::string_view, 6> kUnits{"KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
   if (bytes < 1024) return fmt::format("{} B", bytes);

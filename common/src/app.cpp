@@ -3,6 +3,7 @@
 #include <pthread.h>
 
 #include <iostream>
+#include <thread>
 
 #include <fmt/format.h>
 
@@ -56,6 +57,31 @@ std::optional<int> parse(CLI::App& app, int argc, char** argv) {
     return 2;
   }
   return std::nullopt;
+}
+
+const std::filesystem::path* config_file(const CommonFlags& flags, std::filesystem::path& storage) {
+  if (!flags.config_file) return nullptr;
+  storage = *flags.config_file;
+  return &storage;
+}
+
+bool apply_log_level(const CommonFlags& flags, log::Level& level) {
+  if (!flags.log_level) return true;
+  auto parsed = log::parse_level(*flags.log_level);
+  if (!parsed) {
+    log::error("--log-level: {}", parsed.error().message);
+    return false;
+  }
+  level = *parsed;
+  return true;
+}
+
+void run_until_signal(const std::function<void(std::stop_token)>& reactor) {
+  std::jthread thread(reactor);
+  const int sig = wait_for_termination();
+  log::info("received signal {}, shutting down", sig);
+  thread.request_stop();
+  thread.join();
 }
 
 }  // namespace flotilla::app

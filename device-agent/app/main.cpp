@@ -22,8 +22,7 @@ int main(int argc, char** argv) {
   if (auto code = app::parse(cli, argc, argv)) return *code;
 
   std::filesystem::path config_path;
-  if (flags.config_file) config_path = *flags.config_file;
-  auto config = agent::load_config(flags.config_file ? &config_path : nullptr);
+  auto config = agent::load_config(app::config_file(flags, config_path));
   if (!config) {
     log::error("{}", config.error().message);
     return 2;
@@ -31,14 +30,7 @@ int main(int argc, char** argv) {
   if (flags.broker) config->mqtt.broker = *flags.broker;
   if (device_id) config->device_id = *device_id;
   if (state_dir) config->state_dir = *state_dir;
-  if (flags.log_level) {
-    auto level = log::parse_level(*flags.log_level);
-    if (!level) {
-      log::error("--log-level: {}", level.error().message);
-      return 2;
-    }
-    config->log_level = *level;
-  }
+  if (!app::apply_log_level(flags, config->log_level)) return 2;
   if (auto st = agent::resolve_device_id(*config); !st) {
     log::error("{}", st.error().message);
     return 2;
@@ -54,10 +46,6 @@ int main(int argc, char** argv) {
     log::error("{}", a.error().message);
     return 1;
   }
-  std::jthread reactor([&](std::stop_token stop) { (*a)->run(stop); });
-  const int sig = app::wait_for_termination();
-  log::info("received signal {}, shutting down", sig);
-  reactor.request_stop();
-  reactor.join();
+  app::run_until_signal([&](std::stop_token stop) { (*a)->run(stop); });
   return 0;
 }

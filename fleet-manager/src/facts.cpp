@@ -5,7 +5,7 @@
 
 #include <fmt/format.h>
 
-#include "flotilla/manager/fields.hpp"
+#include "flotilla/core/names.hpp"
 
 namespace flotilla::manager {
 namespace {

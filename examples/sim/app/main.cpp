@@ -59,23 +59,14 @@ int main(int argc, char** argv) {
     config.mqtt.keepalive = std::chrono::duration_cast<std::chrono::seconds>(*k);
   }
   config.mqtt.session_expiry = std::chrono::seconds(0);
-  if (flags.log_level) {
-    auto level = log::parse_level(*flags.log_level);
-    if (!level) {
-      log::error("--log-level: {}", level.error().message);
-      return 2;
-    }
-    log::set_level(*level);
-  }
+  log::Level level = log::level();
+  if (!app::apply_log_level(flags, level)) return 2;
+  log::set_level(level);
   auto s = sim::Simulator::create(std::move(config), make_mqtt_transport);
   if (!s) {
     log::error("{}", s.error().message);
     return 2;
   }
-  std::jthread reactor([&](std::stop_token stop) { (*s)->run(stop); });
-  const int sig = app::wait_for_termination();
-  log::info("received signal {}, shutting down", sig);
-  reactor.request_stop();
-  reactor.join();
+  app::run_until_signal([&](std::stop_token stop) { (*s)->run(stop); });
   return 0;
 }

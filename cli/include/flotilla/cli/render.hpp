@@ -10,14 +10,12 @@
 
 #include <google/protobuf/message.h>
 
+#include "flotilla/core/names.hpp"
 #include "flotilla/core/result.hpp"
 #include "flotilla/v1/manager.pb.h"
 #include "flotilla/v1/record.pb.h"
 
 namespace flotilla::cli {
-
-// "computer", "printer", "sensor", "gateway"; "unknown" for anything else.
-std::string_view kind_name(v1::DeviceKind kind) noexcept;
 
 // Binary units with one decimal above 1 KiB: "512 B", "1.5 KiB", "15.6 GiB".
 std::string format_bytes(std::uint64_t bytes);

@@ -3,10 +3,15 @@
 // every executable takes.
 
 #include <csignal>
+#include <filesystem>
+#include <functional>
 #include <optional>
+#include <stop_token>
 #include <string>
 
 #include <CLI/CLI.hpp>
+
+#include "flotilla/core/log.hpp"
 
 namespace flotilla::app {
 
@@ -28,5 +33,15 @@ void add_common_flags(CLI::App& app, CommonFlags& flags, const std::string& name
 // Parses argv; on --help/--version prints and returns the exit code, on a usage error prints it
 // and returns 2; returns nullopt when the program should continue.
 std::optional<int> parse(CLI::App& app, int argc, char** argv);
+
+// The --config file, or nullptr when none was given (for the load_config functions).
+const std::filesystem::path* config_file(const CommonFlags& flags, std::filesystem::path& storage);
+
+// Applies --log-level over `level`. Returns false (after logging why) on a bad value.
+bool apply_log_level(const CommonFlags& flags, log::Level& level);
+
+// Runs `reactor` on its own thread until SIGINT or SIGTERM, then stops it and joins.
+// block_termination_signals() must have been called first.
+void run_until_signal(const std::function<void(std::stop_token)>& reactor);
 
 }  // namespace flotilla::app

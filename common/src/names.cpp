@@ -1,8 +1,8 @@
-#include "flotilla/manager/fields.hpp"
+#include "flotilla/core/names.hpp"
 
-namespace flotilla::manager {
+namespace flotilla {
 
-std::string_view kind_name(v1::DeviceKind kind) {
+std::string_view kind_name(v1::DeviceKind kind) noexcept {
   switch (kind) {
     case v1::DEVICE_KIND_COMPUTER: return "computer";
     case v1::DEVICE_KIND_PRINTER: return "printer";
@@ -12,4 +12,4 @@ std::string_view kind_name(v1::DeviceKind kind) {
   }
 }
 
-}  // namespace flotilla::manager
+}  // namespace flotilla
