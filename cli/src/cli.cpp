@@ -396,8 +396,7 @@ int devices_tag(Session& session, const Invocation& inv, const Settings& s, std:
   for (const auto& t : inv.add_tags) q->add_add_tags(t);
   for (const auto& t : inv.remove_tags) q->add_remove_tags(t);
   for (const auto& kv : inv.set_attributes) {
-    const auto eq = kv.find('=');
-    if (eq == std::string::npos || eq == 0) return fail(usage(fmt::format("--set '{}': expected KEY=VALUE", kv)), err);
+    const auto eq = kv.find('=');  // checked before connecting, in execute()
     (*q->mutable_set_attributes())[kv.substr(0, eq)] = kv.substr(eq + 1);
   }
   for (const auto& k : inv.unset_attributes) q->add_unset_attributes(k);
@@ -442,6 +441,10 @@ int execute(const Invocation& inv, std::ostream& out, std::ostream& err) {
     if (auto id = DeviceId::parse(inv.device_id); !id) {
       return fail(usage(fmt::format("invalid device id '{}': {}", inv.device_id, id.error().message)), err);
     }
+  }
+  for (const auto& kv : inv.set_attributes) {
+    const auto eq = kv.find('=');
+    if (eq == std::string::npos || eq == 0) return fail(usage(fmt::format("--set '{}': expected KEY=VALUE", kv)), err);
   }
   auto resolved = resolve_settings(inv);
   if (auto* f = std::get_if<Failure>(&resolved)) return fail(*f, err);

@@ -338,7 +338,7 @@ std::string render_stats(const v1::DeviceStats& s) {
                                              {"MATCHED", std::to_string(s.matched())},
                                              {"WITH VALUE", std::to_string(s.count())},
                                              {"DISTINCT", std::to_string(s.distinct())}};
-  if (s.count() > 0 && (s.min() != 0 || s.max() != 0 || s.sum() != 0)) {
+  if (s.count() > 0) {
     for (auto [name, v] : {std::pair{"MIN", s.min()},
                            {"MAX", s.max()},
                            {"AVG", s.avg()},

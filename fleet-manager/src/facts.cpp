@@ -1,6 +1,7 @@
 #include "flotilla/manager/facts.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 
 #include <fmt/format.h>
@@ -14,8 +15,10 @@ void add(DeviceFacts& out, std::string field, std::string value) {
   if (!value.empty()) out.values.emplace_back(std::move(field), std::move(value));
 }
 
+// Empty (no fact) for NaN and infinities a device may send.
 std::string number(double v) {
-  if (v == static_cast<double>(static_cast<std::int64_t>(v))) return fmt::format("{}", static_cast<std::int64_t>(v));
+  if (!std::isfinite(v)) return {};
+  if (std::fabs(v) < 9e15 && v == std::floor(v)) return fmt::format("{}", static_cast<std::int64_t>(v));
   return fmt::format("{}", v);
 }
 

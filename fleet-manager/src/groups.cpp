@@ -246,20 +246,6 @@ std::vector<v1::MembershipEvent> Groups::reconcile(const FleetIndex& index, std:
   return events;
 }
 
-std::vector<v1::MembershipEvent> Groups::forget_device(const std::string& id, std::int64_t now_ms, Batch& batch) {
-  std::vector<v1::MembershipEvent> events;
-  auto it = of_device_.find(id);
-  if (it == of_device_.end()) return events;
-  const auto groups = it->second;
-  for (const auto& g : groups) {
-    const bool dynamic = queries_.contains(g);
-    if (!dynamic) continue;  // explicit members stay until an operator removes them
-    set_member(g, id, false, true, batch);
-    events.push_back(event(g, id, false, "device deleted", now_ms, batch));
-  }
-  return events;
-}
-
 const v1::Group* Groups::find(std::string_view name) const {
   auto it = groups_.find(name);
   return it == groups_.end() ? nullptr : &it->second;

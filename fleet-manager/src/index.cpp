@@ -168,6 +168,7 @@ struct NumberColumn {
 
 // Multi-valued fields and the versions of one installed package: a posting per value.
 struct MultiColumn {
+  std::string package;  // for software columns: the package whose versions these are
   std::vector<std::string> values;
   std::unordered_map<std::string, std::uint32_t> ids;
   std::vector<Posting> postings;
@@ -325,6 +326,7 @@ struct FleetIndex::Impl {
     if (slot >= slot_multi.size()) slot_multi.resize(slot + 1);
     if (info->family && field.starts_with("software.")) {
       auto& column = software[field.substr(9)];
+      if (column.package.empty()) column.package = field.substr(9);
       slot_multi[slot].push_back({&column, column.put(slot, value, slots()), FactPart::inventory});
       return;
     }
@@ -452,7 +454,9 @@ struct FleetIndex::Impl {
   // Whether a predicate is answered from postings (cheap regardless of fleet size).
   bool has_postings(const Predicate& p) const {
     if (p.field == "id" && p.op == Op::eq) return true;
-    if (p.field == "software.name" || p.field.starts_with("software.") || multi.contains(p.field)) return true;
+    if (p.field == "software.name" || (p.info.family && p.field.starts_with("software.")) || multi.contains(p.field)) {
+      return true;
+    }
     auto it = text.find(p.field);
     return it != text.end() && it->second.postings_on;
   }
@@ -534,7 +538,12 @@ struct FleetIndex::Impl {
       joined += v;
     };
     if (slot < slot_multi.size()) {
+      std::string last_package;
       for (const auto& e : slot_multi[slot]) {
+        if (field == "software.name" && !e.column->package.empty() && e.column->package != last_package) {
+          add(e.column->package);
+          last_package = e.column->package;
+        }
         if (auto it = multi.find(field); it != multi.end() && e.column == &it->second) add(e.column->values[e.value]);
         if (field.starts_with("software.")) {
           if (auto it = software.find(std::string_view(field).substr(9));
@@ -616,7 +625,7 @@ Result<std::vector<std::pair<std::string, std::uint64_t>>> FleetIndex::count_by(
   } else {
     matching.for_each([&](std::uint32_t s) {
       std::string v = m.value_text(s, std::string(field));
-      if (info->multi || field.starts_with("software.")) {
+      if (info->multi || info->family) {
         if (v.empty()) {
           ++counts[""];
           return;
@@ -687,7 +696,7 @@ Result<QueryPage> FleetIndex::query(const Node& where, const QueryOptions& optio
   if (options.sort) {
     auto info = query::find_field(options.sort->field);
     if (!info) return make_error(Errc::invalid_argument, "--sort: unknown field '{}'", options.sort->field);
-    if (!info->sortable || info->multi) {
+    if (!info->sortable || info->multi || (info->family && options.sort->field.starts_with("software."))) {
       return make_error(Errc::invalid_argument, "--sort: '{}' has several values per device", options.sort->field);
     }
     sort_field = options.sort->field;

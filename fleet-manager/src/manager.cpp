@@ -89,7 +89,11 @@ DeviceFacts Manager::record_facts(const std::string& id) const {
   f.id = id;
   if (const auto* r = registry_.find(id)) add_record_facts(*r, f);
   if (auto it = labels_.find(id); it != labels_.end()) {
-    for (const auto& t : it->second.tags()) f.values.emplace_back("tag", t);
+    for (const auto& t : it->second.tags()) {
+      const bool reported = std::any_of(f.values.begin(), f.values.end(),
+                                        [&](const auto& kv) { return kv.first == "tag" && kv.second == t; });
+      if (!reported) f.values.emplace_back("tag", t);
+    }
     for (const auto& [k, v] : it->second.attributes()) f.values.emplace_back("attr." + k, v);
   }
   for (auto& g : groups_.groups_of(id)) f.values.emplace_back("group", std::move(g));
@@ -247,13 +251,18 @@ void Manager::handle_batch(std::vector<TransportEvent>& events) {
 std::vector<std::string> Manager::refresh_membership(std::vector<v1::MembershipEvent>& events) {
   std::set<std::string> devices;
   for (const auto& e : events) devices.insert(e.device_id());
-  for (const auto& id : devices) index_.update(record_facts(id), FactPart::record);
+  for (const auto& id : devices) {
+    // Static groups may list devices that never connected: they are not devices of the index.
+    if (registry_.find(id) != nullptr) index_.update(record_facts(id), FactPart::record);
+  }
   events_["group_membership"] += events.size();
   return {devices.begin(), devices.end()};
 }
 
 void Manager::commit(Batch& batch, const std::vector<std::string>& devices, std::vector<v1::MembershipEvent> events) {
-  for (const auto& id : devices) index_.update(record_facts(id), FactPart::record);
+  for (const auto& id : devices) {
+    if (registry_.find(id) != nullptr) index_.update(record_facts(id), FactPart::record);
+  }
   (void)refresh_membership(events);
   if (!batch.empty()) {
     if (auto st = store_->write(batch, true); !st) {

@@ -631,13 +631,19 @@ TEST_CASE("groups and tags through the CLI: hierarchy, dynamic membership, event
   auto created = fleet.cli({"-o", "json", "groups", "create", "sensors", "--parent", "acme", "--query", "kind:sensor"});
   REQUIRE(created.status == 0);
   CHECK(parse_json<v1::GroupInfo>(created.output).members() == 4);
-  REQUIRE(fleet.cli({"groups", "create", "lab", "--parent", "acme", "--members", "sim-pc-00000,sim-printer-00001"})
+  REQUIRE(fleet
+              .cli({"groups", "create", "lab", "--parent", "acme", "--members",
+                    "sim-pc-00000,sim-printer-00001,not-yet-enrolled"})
               .status == 0);
+  // A listed device that never connected is a member, not a device.
+  auto everyone = fleet.cli({"-o", "json", "devices", "query"});
+  REQUIRE(everyone.status == 0);
+  CHECK(parse_json<v1::QueryDevicesResponse>(everyone.output).total() == 12);
   auto acme = fleet.cli({"-o", "json", "groups", "show", "acme"});
   REQUIRE(acme.status == 0);
-  CHECK(parse_json<v1::GroupInfo>(acme.output).members() == 6);
+  CHECK(parse_json<v1::GroupInfo>(acme.output).members() == 7);
 
-  // group: in queries includes subgroups.
+  // group: in queries includes subgroups (devices only: not-yet-enrolled is no device).
   auto in_acme = fleet.cli({"-o", "json", "devices", "query", "group:acme"});
   REQUIRE(in_acme.status == 0);
   CHECK(parse_json<v1::QueryDevicesResponse>(in_acme.output).total() == 6);

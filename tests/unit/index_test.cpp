@@ -209,7 +209,7 @@ TEST_CASE("group-by, statistics and sorting agree with brute force") {
     REQUIRE(q);
     const auto members = f.brute(*q);
 
-    for (const std::string field : {"firmware.version", "kind", "tag", "software.openssl", "online"}) {
+    for (const std::string field : {"firmware.version", "kind", "tag", "software.openssl", "software.name", "online"}) {
       CAPTURE(field);
       std::map<std::string, std::uint64_t> expected;
       for (const auto& id : members) {

@@ -39,8 +39,6 @@ class Groups {
                                               std::int64_t now_ms, Batch& batch);
   // Re-decides every dynamic group for the whole fleet (queries on time move without events).
   std::vector<v1::MembershipEvent> reconcile(const FleetIndex& index, std::int64_t now_ms, Batch& batch);
-  // A device left the fleet.
-  std::vector<v1::MembershipEvent> forget_device(const std::string& id, std::int64_t now_ms, Batch& batch);
 
   const v1::Group* find(std::string_view name) const;
   std::vector<const v1::Group*> list() const;

@@ -120,7 +120,7 @@ class FleetIndex {
                                                                       std::int64_t now_ms) const;
   // Statistics of a numeric or time field over matching devices; `distinct` works for any field.
   Result<Stats> stats(std::string_view field, const query::Node& where, std::int64_t now_ms) const;
-  // The plan: how each node of the query is answered, with estimated and actual sizes.
+  // The plan: how each node of the query is answered and how many devices it matched.
   std::string explain(const query::Node& where, std::int64_t now_ms) const;
   // Reference view of one device (for groups explain and tests); nullopt when unknown.
   std::optional<DeviceFacts> facts(std::string_view id) const;

@@ -22,7 +22,8 @@ enum class Space {
   inventory,  // latest Inventory
   telemetry,  // latest Telemetry
   meta,       // store schema version; keys are names
-  groups,     // "g/{name}": Group; "m/{name}/{device}": membership; "e/{seq:020}": MembershipEvent
+  groups,     // "g/{name}": Group (with a static group's members); "m/{name}/{device}": a dynamic
+              // group's member; "e/{seq:020}": MembershipEvent; "s/event_seq": last event number
   labels,     // operator tags and attributes of a device (DeviceLabels)
 };
 
