@@ -531,21 +531,29 @@ void generate(const Catalog& c, std::uint64_t seed, std::uint32_t index, Device&
   }
 }
 
-// Fills `f` with the facts of `d`, reusing the strings already in it (keeps the allocator quiet
-// while the index is measured).
+// Fills `f` with the facts of `d`, reusing the strings already in it and, past its end, those
+// left over by earlier devices in `spare` (keeps the allocator quiet while the index is measured).
+using FactStrings = std::vector<std::pair<std::string, std::string>>;
 class FactWriter {
  public:
-  explicit FactWriter(DeviceFacts& f) : f_(f) {}
-  ~FactWriter() { f_.values.erase(f_.values.begin() + static_cast<std::ptrdiff_t>(n_), f_.values.end()); }
+  FactWriter(DeviceFacts& f, FactStrings& spare) : f_(f), spare_(spare) {}
+  ~FactWriter() {
+    for (std::size_t i = n_; i < f_.values.size(); ++i) spare_.push_back(std::move(f_.values[i]));
+    f_.values.resize(n_);
+  }
   FactWriter(const FactWriter&) = delete;
   FactWriter& operator=(const FactWriter&) = delete;
   void put(std::string_view field, std::string_view value) {
-    if (n_ < f_.values.size()) {
-      f_.values[n_].first.assign(field);
-      f_.values[n_].second.assign(value);
-    } else {
-      f_.values.emplace_back(field, value);
+    if (n_ == f_.values.size()) {
+      if (spare_.empty()) {
+        f_.values.emplace_back();
+      } else {
+        f_.values.push_back(std::move(spare_.back()));
+        spare_.pop_back();
+      }
     }
+    f_.values[n_].first.assign(field);
+    f_.values[n_].second.assign(value);
     ++n_;
   }
   void number(std::string_view field, double v) {
@@ -557,12 +565,13 @@ class FactWriter {
 
  private:
   DeviceFacts& f_;
+  FactStrings& spare_;
   std::size_t n_ = 0;
 };
 
-void to_facts(const Catalog& c, const Device& d, DeviceFacts& f) {
+void to_facts(const Catalog& c, const Device& d, DeviceFacts& f, FactStrings& spare) {
   f.id.assign(d.id);
-  FactWriter w(f);
+  FactWriter w(f, spare);
   w.put("kind", kKindName[d.kind]);
   w.put("tenant", c.tenants[c.tenant_of_site[d.site]]);
   w.put("site", c.sites[d.site]);
@@ -1148,12 +1157,13 @@ int main(int argc, char** argv) {
   {
     std::vector<Device> devices(kBatch);
     std::vector<DeviceFacts> facts(kBatch);
+    FactStrings spare;
     for (std::size_t first = 0; first < o.devices; first += kBatch) {
       const std::size_t n = std::min(kBatch, o.devices - first);
       const auto g0 = Clock::now();
       for (std::size_t j = 0; j < n; ++j) {
         generate(catalog, o.seed, static_cast<std::uint32_t>(first + j), devices[j]);
-        to_facts(catalog, devices[j], facts[j]);
+        to_facts(catalog, devices[j], facts[j], spare);
         facts_total += facts[j].values.size();
         software_facts += devices[j].software.size();
       }

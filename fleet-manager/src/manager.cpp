@@ -410,16 +410,13 @@ v1::RpcResponse Manager::dispatch(const v1::RpcRequest& request) {
       if (!counts) return failure(v1::RpcResponse::CODE_INVALID_ARGUMENT, counts.error().message);
       auto* out = r.mutable_count_devices();
       out->set_by(q.by());
-      std::uint64_t total = 0;
       for (const auto& [value, count] : *counts) {
         auto* b = out->add_buckets();
         b->set_value(value);
         b->set_count(count);
-        total += count;
       }
       // Multi-valued fields count a device once per value; total is the devices that matched.
       out->set_total(q.where().empty() ? devices.size() : index_.count(*where, unix_now_ms()));
-      (void)total;
       return r;
     }
     case v1::RpcRequest::kQueryDevices: {
