@@ -171,7 +171,18 @@ void Manager::run(std::stop_token stop) {
     (void)transport_->publish(presence(false, unix_now_ms()));
     (void)transport_->disconnect(std::chrono::milliseconds(2000));
   }
-  // Paho acknowledged everything still queued to the broker: ingest it before exiting.
+  // Paho acknowledges a QoS 1 message when it receives it and hands it to the sink afterwards,
+  // possibly after the disconnect returned. Ingest until the transport has been quiet for
+  // kQuietBeforeExit, then close the queue and ingest what is left.
+  constexpr auto kQuietBeforeExit = std::chrono::milliseconds(300);
+  auto quiet_since = SteadyClock::now();
+  while (SteadyClock::now() - quiet_since < kQuietBeforeExit) {
+    events.clear();
+    if (queue_.drain(events, config_.max_batch, std::chrono::milliseconds(50)) > 0) {
+      handle_batch(events);
+      quiet_since = SteadyClock::now();
+    }
+  }
   queue_.close();
   for (events.clear(); queue_.drain(events, config_.max_batch, std::chrono::milliseconds(0)) > 0; events.clear()) {
     handle_batch(events);
