@@ -60,9 +60,9 @@ constexpr double kAbsent = std::numeric_limits<double>::quiet_NaN();
 struct Options {
   std::size_t devices = 1'000'000;
   std::uint64_t seed = 1;
-  std::size_t reps = 200;     // timed runs of a fast query
-  std::size_t min_reps = 5;   // timed runs of a slow one
-  double budget_s = 3;        // per query and engine: reps = budget / (time of one run), clamped
+  std::size_t reps = 200;    // timed runs of a fast query
+  std::size_t min_reps = 5;  // timed runs of a slow one
+  double budget_s = 3;       // per query and engine: reps = budget / (time of one run), clamped
   std::size_t sqlite_cache_mib = 1024;
   std::string dir;
   bool keep = false;
@@ -157,7 +157,7 @@ std::string number_text(double v) {
   return fmt::format("{}", v);
 }
 
-enum Kind : std::uint8_t { kComputer, kPrinter, kSensor };
+enum Kind : std::uint8_t { computer, printer, sensor };
 constexpr std::array<std::string_view, 3> kKindName{"computer", "printer", "sensor"};
 
 struct HardwareModel {
@@ -298,9 +298,9 @@ Catalog make_catalog(std::uint64_t seed, std::size_t fleet) {
     }
     c.model_pick[kind] = Weighted(zipf(list.size(), 0.8));
   };
-  add_models(kComputer, computers);
-  add_models(kPrinter, printers);
-  add_models(kSensor, sensors);
+  add_models(computer, computers);
+  add_models(printer, printers);
+  add_models(sensor, sensors);
 
   c.os = {{"Debian GNU/Linux",
            "debian",
@@ -354,7 +354,7 @@ Catalog make_catalog(std::uint64_t seed, std::size_t fleet) {
       "redis-server openjdk-17-jre nodejs php8.2 snapd intel-microcode amd64-microcode linux-image-amd64 "
       "firmware-linux-free unattended-upgrades lsb-release ufw";
   std::set<std::string> names;
-  auto add_package = [&](std::string name, std::vector<std::string> versions) {
+  auto add_package = [&](const std::string& name, std::vector<std::string> versions) {
     if (!names.insert(name).second) return;
     if (versions.empty()) {
       const std::size_t n = 1 + r.below(4);
@@ -385,7 +385,7 @@ Catalog make_catalog(std::uint64_t seed, std::size_t fleet) {
     const std::size_t n = 2 + r.below(2);
     for (std::size_t i = 0; i < n; ++i) name += syllables[r.below(syllables.size())];
     name += suffixes[r.below(suffixes.size())];
-    add_package(std::move(name), {});
+    add_package(name, {});
   }
   c.package_weight = zipf(c.packages.size(), 1.0);
   // Each package is installed independently with probability min(1, scale * weight); the scale
@@ -406,7 +406,7 @@ Catalog make_catalog(std::uint64_t seed, std::size_t fleet) {
 // One generated device, typed; rendered as facts for the index and as rows for SQLite.
 struct Device {
   std::string id, serial, gateway;
-  Kind kind = kComputer;
+  Kind kind = computer;
   std::uint32_t site = 0, model = 0, firmware = 0, agent = 0, os = 0, os_version = 0, kernel = 0, cpu_model = 0;
   bool online = false;
   std::int64_t last_seen = 0, first_seen = 0, connected_since = -1;
@@ -424,7 +424,7 @@ void generate(const Catalog& c, std::uint64_t seed, std::uint32_t index, Device&
   r.next();
   d.id = fmt::format("dev-{:07}", index);
   const double k = r.uniform();
-  d.kind = k < 0.55 ? kComputer : (k < 0.70 ? kPrinter : kSensor);
+  d.kind = k < 0.55 ? computer : (k < 0.70 ? printer : sensor);
   d.site = static_cast<std::uint32_t>(c.site_pick.pick(r));
   d.model = c.models_of_kind[d.kind][c.model_pick[d.kind].pick(r)];
   d.serial = fmt::format("{}{:08X}", c.models[d.model].serial_prefix, r.next() & 0xffffffffULL);
@@ -446,7 +446,7 @@ void generate(const Catalog& c, std::uint64_t seed, std::uint32_t index, Device&
   d.software.clear();
   d.uptime = r.below_ms(90 * 86'400);
   switch (d.kind) {
-    case kComputer: {
+    case computer: {
       d.os = static_cast<std::uint32_t>(c.os_pick.pick(r));
       d.os_version = r.below(c.os[d.os].versions.size());
       d.kernel = r.below(c.os[d.os].kernels.size());
@@ -474,8 +474,8 @@ void generate(const Catalog& c, std::uint64_t seed, std::uint32_t index, Device&
       }
       break;
     }
-    case kPrinter: break;
-    case kSensor:
+    case printer: break;
+    case sensor:
       d.gateway = fmt::format("gw-{:02}-{:03}", d.site + 1, 1 + r.below(c.gateways_of_site[d.site]));
       d.battery = round_to(100.0 * (1 - std::pow(r.uniform(), 3)), 1);
       d.humidity = round_to(25 + 50 * r.uniform(), 1);
@@ -539,7 +539,7 @@ void to_facts(const Catalog& c, const Device& d, DeviceFacts& f, FactStrings& sp
   w.put("hardware.model", m.model);
   w.put("hardware.serial", d.serial);
   w.put("firmware.version", c.firmware[d.firmware]);
-  if (d.kind == kComputer) {
+  if (d.kind == computer) {
     const auto& os = c.os[d.os];
     w.put("os.name", os.name);
     w.put("os.id", os.id);
@@ -739,7 +739,7 @@ SqlLoad load_sqlite(Db& db, const Catalog& c, const Options& o) {
     begin.run();
     for (std::size_t j = 0; j < n; ++j) {
       const Device& d = batch[j];
-      const bool pc = d.kind == kComputer;
+      const bool pc = d.kind == computer;
       const auto& m = c.models[d.model];
       const OsRelease* os = pc ? &c.os[d.os] : nullptr;
       dev.text(1, d.id);
@@ -949,7 +949,7 @@ std::vector<Case> make_cases(const FleetIndex& index, Db& db) {
       return count_answer(n);
     };
   };
-  auto add_count = [&](std::string text, std::string sql, std::string note = {}) {
+  auto add_count = [&](const std::string& text, std::string sql, std::string note = {}) {
     auto node = std::make_shared<query::Node>(parse_or_die(text));
     auto s = stmt(std::move(sql));
     cases.push_back({"count " + text,
@@ -976,7 +976,7 @@ std::vector<Case> make_cases(const FleetIndex& index, Db& db) {
             "'openssl' AND version < '3.0.11' COLLATE dpkg)",
             "dpkg order through a custom collation calling query::compare_versions");
 
-  auto add_group = [&](std::string field, std::string where, std::string sql) {
+  auto add_group = [&](std::string field, const std::string& where, std::string sql) {
     auto node = std::make_shared<query::Node>(where.empty() ? query::Node{} : parse_or_die(where));
     auto s = stmt(std::move(sql));
     auto label = fmt::format("count_by {}{}", field, where.empty() ? " (whole fleet)" : " where " + where);
@@ -1231,8 +1231,9 @@ int main(int argc, char** argv) {
     auto cases = make_cases(index, db);
     fmt::print("\nQueries: {} warm-ups, then reps = {:g} s / (one run), clamped to [{}, {}], per engine; now = {} ms\n",
                kWarmups, o.budget_s, o.min_reps, o.reps, kNowMs);
-    fmt::print("(p50/p99 by nearest rank: with fewer than 100 runs p99 is the slowest run; the same parsed query\n"
-               "and prepared statement are reused by every run of an engine)\n");
+    fmt::print(
+        "(p50/p99 by nearest rank: with fewer than 100 runs p99 is the slowest run; the same parsed query\n"
+        "and prepared statement are reused by every run of an engine)\n");
     fmt::print("{:<70} {:>9} {:>19} {:>19} {:>13}  {}\n", "", "reps", "Flotilla ms", "SQLite ms", "SQLite/Flot.", "");
     fmt::print("{:<70} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6} {:>6}  {}\n", "query", "F/S", "p50", "p99", "p50", "p99",
                "p50", "p99", "result (check)");

@@ -19,7 +19,7 @@ std::size_t display_width(std::string_view text) {
       std::count_if(text.begin(), text.end(), [](char c) { return (static_cast<unsigned char>(c) & 0xC0U) != 0x80U; }));
 }
 
-std::string or_dash(std::string text) { return text.empty() ? std::string("-") : text; }
+std::string or_dash(const std::string& text) { return text.empty() ? std::string("-") : text; }
 
 std::string join_nonempty(std::initializer_list<std::string_view> parts, std::string_view sep = " ") {
   std::string out;

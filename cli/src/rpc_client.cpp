@@ -92,7 +92,7 @@ RpcClient::~RpcClient() = default;
 const std::optional<v1::ManagerState>& RpcClient::manager_state() const { return impl_->state; }
 const std::string& RpcClient::reply_topic() const { return impl_->reply_topic; }
 
-Result<RpcClient> RpcClient::connect(TransportOptions options, std::string username,
+Result<RpcClient> RpcClient::connect(TransportOptions options, const std::string& username,
                                      std::chrono::milliseconds timeout) {
   auto impl = std::make_unique<Impl>();
   auto reply = topics::cli_reply(username, random_hex(8));

@@ -5,10 +5,7 @@
 namespace flotilla {
 
 Connection::Connection(Transport& transport, std::vector<Subscription> subscriptions, Backoff backoff, Hooks hooks)
-    : transport_(transport),
-      subscriptions_(std::move(subscriptions)),
-      backoff_(std::move(backoff)),
-      hooks_(std::move(hooks)) {}
+    : transport_(transport), subscriptions_(std::move(subscriptions)), backoff_(backoff), hooks_(std::move(hooks)) {}
 
 void Connection::start(SteadyClock::time_point now) { attempt(now); }
 

@@ -48,7 +48,7 @@ struct MemoryBroker::State {
 class MemoryBroker::Client final : public Transport {
  public:
   Client(std::shared_ptr<State> state, TransportOptions options, EventSink sink)
-      : sink_(std::move(sink)), state_(std::move(state)), options_(std::move(options)) {}
+      : event_sink(std::move(sink)), state_(std::move(state)), options_(std::move(options)) {}
 
   ~Client() override {
     std::vector<Delivery> out;
@@ -70,7 +70,7 @@ class MemoryBroker::Client final : public Transport {
           // Session takeover: the old connection is dropped and its Will published.
           Client* old = it->second.client;
           old->detach(it, true, out);  // may erase a non-persistent session
-          out.emplace_back(old->sink_, event::ConnectionLost{"session taken over"});
+          out.emplace_back(old->event_sink, event::ConnectionLost{"session taken over"});
           it = state_->sessions.find(options_.client_id);
         }
       }
@@ -88,8 +88,8 @@ class MemoryBroker::Client final : public Transport {
       s.persistent = options_.session_expiry.count() > 0;
       s.will = std::move(will);
       connected_ = true;
-      out.emplace_back(sink_, event::Connected{present});
-      for (auto& m : s.queued) out.emplace_back(sink_, event::Received{std::move(m)});
+      out.emplace_back(event_sink, event::Connected{present});
+      for (auto& m : s.queued) out.emplace_back(event_sink, event::Received{std::move(m)});
       s.queued.clear();
     }
     for (auto& [sink, e] : out) sink(std::move(e));
@@ -103,7 +103,7 @@ class MemoryBroker::Client final : public Transport {
       std::lock_guard lock(state_->mutex);
       if (!connected_) return make_error(Errc::unavailable, "not connected");
       state_->route(message, out);
-      if (message.qos > 0) out.emplace_back(sink_, event::Delivered{id, {}});
+      if (message.qos > 0) out.emplace_back(event_sink, event::Delivered{id, {}});
     }
     for (auto& [sink, e] : out) sink(std::move(e));
     return id;
@@ -117,11 +117,11 @@ class MemoryBroker::Client final : public Transport {
       if (!connected_) return make_error(Errc::unavailable, "not connected");
       auto& s = state_->sessions.at(options_.client_id);
       for (const auto& sub : subscriptions) s.subscriptions[sub.filter] = sub.qos;
-      out.emplace_back(sink_, event::Subscribed{id, {}});
+      out.emplace_back(event_sink, event::Subscribed{id, {}});
       for (const auto& [topic, m] : state_->retained) {
         for (const auto& sub : subscriptions) {
           if (MemoryBroker::matches(sub.filter, topic)) {
-            out.emplace_back(sink_, event::Received{m});
+            out.emplace_back(event_sink, event::Received{m});
             break;
           }
         }
@@ -157,7 +157,7 @@ class MemoryBroker::Client final : public Transport {
     if (with_will && will) state_->route(*will, out);
   }
 
-  EventSink sink_;
+  EventSink event_sink;
 
  private:
   std::shared_ptr<State> state_;
@@ -181,7 +181,7 @@ void MemoryBroker::State::route(const Message& m, std::vector<Delivery>& out) {
     Message copy = m;
     copy.retained = false;  // MQTT: a live delivery clears the retain flag
     copy.qos = std::min(qos, m.qos);
-    if (s.client != nullptr) out.emplace_back(s.client->sink_, event::Received{std::move(copy)});
+    if (s.client != nullptr) out.emplace_back(s.client->event_sink, event::Received{std::move(copy)});
     else if (s.persistent && copy.qos > 0) s.queued.push_back(std::move(copy));
   }
 }
@@ -202,7 +202,7 @@ bool MemoryBroker::drop(const std::string& client_id) {
     if (it == state_->sessions.end() || it->second.client == nullptr) return false;
     Client* c = it->second.client;
     c->detach(it, true, out);
-    out.emplace_back(c->sink_, event::ConnectionLost{"network failure"});
+    out.emplace_back(c->event_sink, event::ConnectionLost{"network failure"});
   }
   for (auto& [sink, e] : out) sink(std::move(e));
   return true;

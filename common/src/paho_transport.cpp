@@ -45,7 +45,7 @@ OperationId from_context(void* context) {
 
 class PahoTransport final : public Transport, private mqtt::iaction_listener {
  public:
-  PahoTransport(TransportOptions options, std::string paho_uri, EventSink sink)
+  PahoTransport(TransportOptions options, const std::string& paho_uri, EventSink sink)
       : options_(std::move(options)),
         sink_(std::move(sink)),
         client_(paho_uri, options_.client_id, mqtt::create_options(MQTTVERSION_5), nullptr) {
@@ -55,7 +55,7 @@ class PahoTransport final : public Transport, private mqtt::iaction_listener {
     client_.set_disconnected_handler([this](const mqtt::properties&, mqtt::ReasonCode reason) {
       lost(fmt::format("broker sent DISCONNECT: {}", mqtt::exception::reason_code_str(reason)));
     });
-    client_.set_message_callback([this](mqtt::const_message_ptr msg) {
+    client_.set_message_callback([this](const mqtt::const_message_ptr& msg) {
       Message m;
       m.topic = msg->get_topic();
       m.payload = msg->get_payload_str();

@@ -51,7 +51,7 @@ Identity identity_from(const AgentConfig& c) {
 }  // namespace
 
 Result<std::unique_ptr<Agent>> Agent::create(AgentConfig config, std::vector<std::unique_ptr<Collector>> collectors,
-                                             TransportFactory transport_factory) {
+                                             const TransportFactory& transport_factory) {
   if (auto st = validate(config); !st) return std::move(st).error();
   std::error_code ec;
   std::filesystem::create_directories(config.state_dir, ec);

@@ -71,18 +71,18 @@ DeviceProtocol::CommandDecision DeviceProtocol::on_command(const Message& messag
 }
 
 Message DeviceProtocol::result(const v1::Command& command, v1::CommandResult::Status status, std::string text,
-                               std::map<std::string, std::string> output, std::int64_t now_ms) {
-  return reply_for(command.command_id(), status, std::move(text), std::move(output), now_ms);
+                               const std::map<std::string, std::string>& output, std::int64_t now_ms) {
+  return reply_for(command.command_id(), status, std::move(text), output, now_ms);
 }
 
 Message DeviceProtocol::reply_for(const std::string& command_id, v1::CommandResult::Status status, std::string text,
-                                  std::map<std::string, std::string> output, std::int64_t now_ms) {
+                                  const std::map<std::string, std::string>& output, std::int64_t now_ms) {
   v1::CommandResult r;
   *r.mutable_header() = reading_header(now_ms);
   r.set_command_id(command_id);
   r.set_status(status);
   r.set_message(std::move(text));
-  for (auto& [k, v] : output) (*r.mutable_output())[k] = std::move(v);
+  for (const auto& [k, v] : output) (*r.mutable_output())[k] = v;
   if (executed_.emplace(command_id, r).second) {
     executed_order_.push_back(command_id);
     if (executed_order_.size() > kRememberedCommands) {

@@ -805,7 +805,7 @@ std::pair<std::size_t, std::size_t> FleetIndex::memory_bytes() const {
   const auto& m = *impl_;
   std::size_t software = 0, other = 0;
   for (const auto& [p, c] : m.software) software += c.bytes() + p.capacity() + 64;
-  for (const auto& v : m.slot_multi) software += v.capacity() * sizeof(v[0]) + sizeof(v);
+  for (const auto& v : m.slot_multi) software += (v.capacity() + 1) * sizeof(Impl::MultiEntry);
   for (const auto& [n, c] : m.text) other += c.bytes();
   for (const auto& [n, c] : m.numbers) other += c.value_of.capacity() * sizeof(double);
   for (const auto& [n, c] : m.multi) other += c.bytes();

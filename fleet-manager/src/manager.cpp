@@ -33,7 +33,7 @@ v1::RpcResponse failure(v1::RpcResponse::Code code, std::string message) {
 }  // namespace
 
 Result<std::unique_ptr<Manager>> Manager::create(ManagerConfig config, std::unique_ptr<Store> store,
-                                                 TransportFactory transport_factory) {
+                                                 const TransportFactory& transport_factory) {
   if (auto st = validate(config); !st) return std::move(st).error();
   auto registry = Registry::load(*store);
   if (!registry) return std::move(registry).error();

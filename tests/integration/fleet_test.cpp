@@ -548,9 +548,9 @@ TEST_CASE("queries through the CLI: filter, sort, project, page, count with a fi
   fleet.start_sim(30, "1s");
   REQUIRE(Fleet::wait_until(
       [&] {
-        auto out = fleet.cli({"-o", "json", "devices", "query",
-                              "_exists_:telemetry.cpu OR _exists_:telemetry.battery "
-                              "OR _exists_:telemetry.toner_percent"});
+        const std::string reporting =
+            "_exists_:telemetry.cpu OR _exists_:telemetry.battery OR _exists_:telemetry.toner_percent";
+        auto out = fleet.cli({"-o", "json", "devices", "query", reporting});
         return out.status == 0 && parse_json<v1::QueryDevicesResponse>(out.output).total() == 30;
       },
       30s, 300ms));

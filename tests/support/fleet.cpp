@@ -67,7 +67,7 @@ Fleet::~Fleet() {
 }
 
 std::filesystem::path Fleet::write_secret(const std::string& user) {
-  const auto path = dir_ / (user + ".password");
+  auto path = dir_ / (user + ".password");
   write_text(path, password(user) + "\n", 0600);
   return path;
 }

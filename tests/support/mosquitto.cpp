@@ -103,11 +103,11 @@ std::filesystem::path mosquitto_binary() {
     const std::string_view dir = path.substr(0, colon);
     path = colon == std::string_view::npos ? std::string_view() : path.substr(colon + 1);
     if (dir.empty()) continue;
-    const auto candidate = std::filesystem::path(dir) / "mosquitto";
+    auto candidate = std::filesystem::path(dir) / "mosquitto";
     std::error_code ec;  // unreadable PATH entries are skipped, not fatal
     if (std::filesystem::is_regular_file(candidate, ec) && ::access(candidate.c_str(), X_OK) == 0) return candidate;
   }
-  const std::filesystem::path fallback = "/usr/sbin/mosquitto";
+  std::filesystem::path fallback = "/usr/sbin/mosquitto";
   if (::access(fallback.c_str(), X_OK) == 0) return fallback;
   throw std::runtime_error("mosquitto not found in PATH nor at /usr/sbin/mosquitto (apt install mosquitto)");
 }

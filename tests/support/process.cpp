@@ -61,7 +61,7 @@ std::vector<std::string> build_environment(const std::vector<std::pair<std::stri
     for (const auto& [key, value] : extra) overridden = overridden || key == name;
     if (!overridden) env.emplace_back(kv);
   }
-  for (const auto& [key, value] : extra) env.push_back(key + "=" + value);
+  for (const auto& [key, value] : extra) env.push_back(std::string(key).append("=").append(value));
   return env;
 }
 
@@ -83,7 +83,7 @@ std::string read_file(const std::filesystem::path& path) {
   return text.str();
 }
 
-ChildProcess ChildProcess::spawn(std::vector<std::string> argv, SpawnOptions options) {
+ChildProcess ChildProcess::spawn(std::vector<std::string> argv, const SpawnOptions& options) {
   if (argv.empty()) throw std::runtime_error("ChildProcess::spawn: empty argv");
 
   FileActions files;
@@ -232,7 +232,7 @@ CommandResult run_command(std::vector<std::string> argv, const std::filesystem::
   std::error_code ignored;
   std::filesystem::remove(log_path, ignored);
   options.log_path = log_path;
-  ChildProcess child = ChildProcess::spawn(std::move(argv), std::move(options));
+  ChildProcess child = ChildProcess::spawn(std::move(argv), options);
   if (auto status = child.wait_exit(timeout)) return CommandResult{*status, child.log_text()};
   child.kill();
   throw std::runtime_error(fmt::format("'{}' did not exit within {} ms; output:\n{}", child.argv().front(),

@@ -33,7 +33,7 @@ class ChildProcess {
 
   // argv[0] is looked up in PATH when it holds no '/'.
   // Throws std::runtime_error if argv is empty or the program cannot be executed.
-  static ChildProcess spawn(std::vector<std::string> argv, SpawnOptions options = {});
+  static ChildProcess spawn(std::vector<std::string> argv, const SpawnOptions& options = {});
 
   ChildProcess(ChildProcess&& other) noexcept;
   ChildProcess& operator=(ChildProcess&& other) noexcept;

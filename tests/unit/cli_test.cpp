@@ -34,6 +34,7 @@ struct RunResult {
 RunResult run_cli(std::vector<std::string> args) {
   args.insert(args.begin(), "flotilla");
   std::vector<char*> argv;
+  argv.reserve(argv.size() + args.size());
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
   std::ostringstream out;

@@ -22,11 +22,11 @@ v1::Group dynamic(const std::string& name, const std::string& query, const std::
   return g;
 }
 
-v1::Group fixed(const std::string& name, std::vector<std::string> members, const std::string& parent = {}) {
+v1::Group fixed(const std::string& name, const std::vector<std::string>& members, const std::string& parent = {}) {
   v1::Group g;
   g.set_name(name);
   g.set_parent(parent);
-  for (auto& m : members) g.add_members(m);
+  for (const auto& m : members) g.add_members(m);
   return g;
 }
 

@@ -67,6 +67,7 @@ std::uint64_t append_ok(Outbox& box, std::string_view topic, std::string_view pa
 
 std::vector<std::uint64_t> ids_of(const std::vector<OutboxRecord>& records) {
   std::vector<std::uint64_t> ids;
+  ids.reserve(records.size());
   for (const auto& r : records) ids.push_back(r.id);
   return ids;
 }

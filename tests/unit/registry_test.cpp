@@ -28,7 +28,7 @@ struct Fixture {
     REQUIRE(store->write(batch, true));
     return outcome;
   }
-  IngestOutcome feed_raw(std::string_view topic, std::string payload) {
+  IngestOutcome feed_raw(std::string_view topic, const std::string& payload) {
     auto t = topics::parse_device_topic(topic);
     REQUIRE(t);
     Batch batch;

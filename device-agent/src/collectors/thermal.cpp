@@ -24,7 +24,7 @@ class ThermalCollector final : public Collector {
       if (celsius < -273.15 || celsius > 1000.0) continue;
       std::string sensor = detail::read_host_attribute(zone / "type");
       v1::Temperature& temperature = *out.add_temperatures();
-      temperature.set_sensor(sensor.empty() ? zone_name : std::move(sensor));
+      temperature.set_sensor(sensor.empty() ? zone_name : sensor);
       temperature.set_celsius(celsius);
     }
     return {};

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
 
 #include <fmt/format.h>
 
@@ -144,7 +145,7 @@ v1::Telemetry next_telemetry(DeviceModel& m, std::mt19937_64& rng, std::uint64_t
   } else if (m.kind == v1::DEVICE_KIND_PRINTER) {
     m.level = std::max(0.0, m.level - std::uniform_real_distribution<double>(0.0, 0.05)(rng));
     (*t.mutable_metrics())["toner_percent"] = m.level;
-    (*t.mutable_metrics())["pages_total"] = static_cast<double>(uptime_s / 30);
+    (*t.mutable_metrics())["pages_total"] = std::floor(static_cast<double>(uptime_s) / 30.0);
   } else {
     m.level = std::max(0.0, m.level - 0.001);
     (*t.mutable_metrics())["temperature_celsius"] = m.temperature;

@@ -59,7 +59,7 @@ Simulator::~Simulator() = default;
 
 std::size_t Simulator::connected() const { return state_->connected.load(); }
 
-Result<std::unique_ptr<Simulator>> Simulator::create(SimConfig config, TransportFactory factory) {
+Result<std::unique_ptr<Simulator>> Simulator::create(SimConfig config, const TransportFactory& factory) {
   if (config.devices == 0 || config.devices > 100000) {
     return make_error(Errc::invalid_argument, "--devices: must be between 1 and 100000");
   }

@@ -24,7 +24,8 @@ class RpcClient {
   // Errors: invalid_argument (bad username, URI or client id), unavailable (connect failed or
   // connection lost), permission_denied (broker refused credentials or the subscription),
   // timeout (no CONNACK/SUBACK within `timeout`).
-  static Result<RpcClient> connect(TransportOptions options, std::string username, std::chrono::milliseconds timeout);
+  static Result<RpcClient> connect(TransportOptions options, const std::string& username,
+                                   std::chrono::milliseconds timeout);
 
   RpcClient(RpcClient&&) noexcept;
   RpcClient& operator=(RpcClient&&) noexcept;

@@ -27,7 +27,7 @@ class Agent {
  public:
   // Opens the state directory and outbox. Errors: invalid_argument, io_error.
   static Result<std::unique_ptr<Agent>> create(AgentConfig config, std::vector<std::unique_ptr<Collector>> collectors,
-                                               TransportFactory transport_factory);
+                                               const TransportFactory& transport_factory);
   ~Agent();
 
   // Runs until `stop` is requested; then publishes a graceful death and disconnects.

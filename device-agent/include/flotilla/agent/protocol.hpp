@@ -76,12 +76,12 @@ class DeviceProtocol {
 
   // Builds the result message of an executed command and remembers it for duplicates.
   Message result(const v1::Command& command, v1::CommandResult::Status status, std::string text,
-                 std::map<std::string, std::string> output, std::int64_t now_ms);
+                 const std::map<std::string, std::string>& output, std::int64_t now_ms);
 
  private:
   v1::Header reading_header(std::int64_t now_ms);
   Message reply_for(const std::string& command_id, v1::CommandResult::Status status, std::string text,
-                    std::map<std::string, std::string> output, std::int64_t now_ms);
+                    const std::map<std::string, std::string>& output, std::int64_t now_ms);
 
   static constexpr std::size_t kRememberedCommands = 1024;
 

@@ -30,7 +30,7 @@ class Manager {
  public:
   // Loads the registry from `store`. Errors: the store's, invalid_argument for bad options.
   static Result<std::unique_ptr<Manager>> create(ManagerConfig config, std::unique_ptr<Store> store,
-                                                 TransportFactory transport_factory);
+                                                 const TransportFactory& transport_factory);
   ~Manager();
 
   // Runs the reactor until `stop` is requested, then publishes offline presence and disconnects.

@@ -60,10 +60,10 @@ struct Predicate {
 };
 
 struct Node {
-  enum class Kind { all, predicate, and_, or_, not_ };
-  Kind kind = Kind::all;       // `all`: the empty query, every device
-  Predicate predicate;         // kind == predicate
-  std::vector<Node> children;  // and_/or_: two or more; not_: exactly one
+  enum class Kind { all, predicate, and_, or_, not_ };  // NOLINT(readability-identifier-naming): keywords
+  Kind kind = Kind::all;                                // `all`: the empty query, every device
+  Predicate predicate;                                  // kind == predicate
+  std::vector<Node> children;                           // and_/or_: two or more; not_: exactly one
 };
 
 // Parses a query. Errors: invalid_argument whose message names the byte position, shows the

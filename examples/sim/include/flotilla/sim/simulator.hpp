@@ -30,7 +30,7 @@ using TransportFactory = std::function<Result<std::unique_ptr<Transport>>(Transp
 class Simulator {
  public:
   // Errors: invalid_argument.
-  static Result<std::unique_ptr<Simulator>> create(SimConfig config, TransportFactory factory);
+  static Result<std::unique_ptr<Simulator>> create(SimConfig config, const TransportFactory& factory);
   ~Simulator();
 
   void run(std::stop_token stop);
