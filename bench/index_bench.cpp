@@ -1098,9 +1098,10 @@ std::vector<Case> make_cases(const FleetIndex& index, Db& db) {
   return cases;
 }
 
-// SQLite time over Flotilla time: "0.4x" (SQLite faster), "35x".
+// SQLite time over Flotilla time: "0.04x" (SQLite faster), "7.8x", "35x".
 std::string ratio_text(double sqlite_ms, double flotilla_ms) {
   const double r = sqlite_ms / flotilla_ms;
+  if (r < 1) return fmt::format("{:.2f}x", r);
   return r < 10 ? fmt::format("{:.1f}x", r) : fmt::format("{:.0f}x", r);
 }
 
