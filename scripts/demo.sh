@@ -198,6 +198,15 @@ sim_ids() {  # the ids flotilla-sim uses: {prefix}-{pc|printer|sensor}-{index:05
 )
 chmod 0600 "$secrets"/*
 
+# Job signing: the operator's Ed25519 key (kept across runs) and the public key every agent and
+# simulated device of the demo trusts (docs/jobs.md, "Security").
+mkdir -p -- "$work/trusted"
+if [[ ! -f "$secrets/operator.key" ]]; then
+  "$cli_bin" keys generate --out "$secrets" --name operator >>"$logs/keys.log" 2>&1 \
+    || { tail -n 5 "$logs/keys.log" >&2; die "cannot generate the operator's signing key"; }
+fi
+cp -- "$secrets/operator.pub" "$work/trusted/operator.pub"
+
 write_configs() {  # device_port service_port
   local device_uri="mqtt://127.0.0.1:$1" service_uri="mqtt://127.0.0.1:$2"
   cat >"$work/manager.toml" <<EOF
@@ -230,11 +239,18 @@ tenant = "demo"
 site = "this-host"
 tags = ["demo", "real-host"]
 
+[jobs]
+trusted_keys = "$work/trusted"
+# The demo runs on your machine: package and patch jobs only run apt's simulation.
+apt_simulate_only = true
+
 [log]
 level = "info"
 EOF
   cat >"$work/cli.toml" <<EOF
 # flotilla CLI configuration written by scripts/demo.sh
+signing_key = "$secrets/operator.key"
+
 [mqtt]
 broker = "$service_uri"
 username = "flotilla-operator"
@@ -284,7 +300,7 @@ start_ms="$(python3 -c 'import time; print(int(time.time() * 1000))')"
 start_agent
 if ((devices > 0)); then
   start sim "$sim_bin" --broker "mqtt://127.0.0.1:$device_port" --devices "$devices" --prefix "$sim_prefix" \
-    --password-file "$secrets/sim.password" --telemetry-interval 10s
+    --password-file "$secrets/sim.password" --telemetry-interval 10s --trusted-keys "$work/trusted"
 fi
 say "agent $agent_id (pid ${pids[agent]}) and $devices simulated devices${pids[sim]:+ (pid ${pids[sim]})} started"
 
@@ -340,6 +356,24 @@ What to try (in another terminal):
   kill -9 ${pids[agent]}
   $cli_cmd devices show $agent_id | head -4
   kill -USR1 $$      # the demo starts the agent again
+
+  # Jobs (docs/jobs.md): a signed script on this host, watched to the end; then every simulated
+  # printer, 20 a minute, stopping itself if more than 5 % fail.
+  printf '#!/bin/sh\nuname -a\ndf -h /\n' > /tmp/flotilla-hello.sh
+  $cli_cmd scripts add hello /tmp/flotilla-hello.sh
+  $cli_cmd jobs create --devices $agent_id --script hello
+  $cli_cmd jobs watch \$($cli_cmd -o json jobs list --limit 1 | python3 -c 'import json,sys; print(json.load(sys.stdin)["jobs"][0]["job_id"])')
+  $cli_cmd jobs create --query 'kind:printer' --type inventory.refresh --rate 20/min --abort 'FAILED>5%@10'
+  $cli_cmd jobs list
+  $cli_cmd jobs create --devices $agent_id --type patch.scan
+  $cli_cmd devices query 'patch.security_pending>0' --fields patch.pending,patch.security_pending
+  $cli_cmd audit
+
+  # Desired configuration (docs/policies.md): the tenant samples every 20 s, this host every 5 s.
+  $cli_cmd policies set tenant demo telemetry.interval=20s
+  $cli_cmd policies set device $agent_id telemetry.interval=5s
+  $cli_cmd policies effective $agent_id
+  $cli_cmd devices query 'config.drift:true' --fields config.desired,config.applied
 
   # Restart the manager: the demo starts it again; its registry comes back from RocksDB
   # ($work/manager).

@@ -1,5 +1,6 @@
 #include "flotilla/cli/cli.hpp"
 
+#include <algorithm>
 #include <charconv>
 #include <chrono>
 #include <cstdint>
@@ -20,6 +21,7 @@
 #include "flotilla/core/ids.hpp"
 #include "flotilla/core/transport.hpp"
 #include "flotilla/core/version.hpp"
+#include "session.hpp"
 
 namespace flotilla::cli {
 namespace {
@@ -51,12 +53,7 @@ enum class Command {
 
 // Everything the command line said, before any file or environment is consulted.
 struct Invocation {
-  std::string config_file;
-  std::string broker;
-  std::string username;
-  std::string password_file;
-  std::string output;  // empty: from the config file, else table
-  std::string timeout = "5s";
+  GlobalOptions global;
   Command command = Command::none;
   std::uint64_t limit = 0;  // devices list: 0 = no limit
   std::string device_id;
@@ -76,135 +73,6 @@ struct Invocation {
   std::vector<std::string> device_ids;  // groups create --members, add, remove
   std::vector<std::string> add_tags, remove_tags, set_attributes, unset_attributes;  // devices tag
 };
-
-// The resolved settings of one run.
-struct Settings {
-  TransportOptions transport;
-  std::string username;
-  bool json = false;
-  std::chrono::milliseconds timeout{5000};
-};
-
-// A failed step: exit code and the message printed after "flotilla: ".
-struct Failure {
-  int code;
-  std::string message;
-};
-
-template <typename T>
-using Outcome = std::variant<T, Failure>;
-
-Failure usage(std::string message) { return Failure{exit_usage, std::move(message)}; }
-
-Outcome<Settings> resolve_settings(const Invocation& inv) {
-  Settings s;
-  auto timeout = config::parse_duration(inv.timeout);
-  if (!timeout) return usage(fmt::format("--timeout: {}", timeout.error().message));
-  if (timeout->count() <= 0) return usage("--timeout: must be greater than 0");
-  s.timeout = *timeout;
-
-  config::MqttConfig mqtt;
-  std::string file_output;
-  if (!inv.config_file.empty()) {
-    auto reader = config::TomlReader::load_file(inv.config_file);
-    if (!reader) return usage(reader.error().message);
-    if (auto st = config::read_mqtt(*reader, mqtt); !st) return usage(st.error().message);
-    if (auto st = reader->read("output", file_output); !st) return usage(st.error().message);
-    if (auto st = reader->reject_unknown_keys(); !st) return usage(st.error().message);
-    if (!file_output.empty() && file_output != "table" && file_output != "json") {
-      return usage(fmt::format("{}: output: must be \"table\" or \"json\", not \"{}\"", reader->source(), file_output));
-    }
-  }
-
-  // Environment over file: a password from the environment replaces a password file from the file.
-  const std::string file_password_file = mqtt.password_file;
-  config::apply_mqtt_env(mqtt);
-  if (const char* env = std::getenv("FLOTILLA_MQTT_PASSWORD"); env != nullptr && *env != '\0') {
-    mqtt.password_file.clear();
-  }
-
-  // Command line over environment.
-  if (!inv.broker.empty()) {
-    if (auto uri = parse_broker_uri(inv.broker); !uri) return usage(fmt::format("--broker: {}", uri.error().message));
-    mqtt.broker = inv.broker;
-  }
-  if (!inv.username.empty()) mqtt.username = inv.username;
-  if (!inv.password_file.empty()) {
-    mqtt.password_file = inv.password_file;
-    mqtt.password.clear();
-  }
-  if (mqtt.username.empty()) mqtt.username = kDefaultUsername;
-  if (auto st = validate_topic_level_name(mqtt.username, "username"); !st) return usage(st.error().message);
-  if (auto st = config::validate_mqtt(mqtt); !st) return usage(st.error().message);
-
-  auto transport = config::transport_options(mqtt);
-  if (!transport) return usage(transport.error().message);
-  s.transport = std::move(*transport);
-  // Unique per invocation: two concurrent runs must never take over each other's session.
-  const std::string_view prefix = mqtt.client_id.empty() ? kClientIdPrefix : std::string_view(mqtt.client_id);
-  s.transport.client_id = fmt::format("{}-{}", prefix, random_hex(8));
-  s.username = mqtt.username;
-
-  const std::string& output = !inv.output.empty() ? inv.output : file_output;
-  s.json = output == "json";
-  return s;
-}
-
-// Prints `message` as JSON or the table produced by `table`.
-template <typename TableFn>
-int emit(const Settings& s, const google::protobuf::Message& message, TableFn table, std::ostream& out,
-         std::ostream& err) {
-  if (s.json) {
-    auto json = to_json(message);
-    if (!json) {
-      err << "flotilla: " << json.error().message << '\n';
-      return exit_internal;
-    }
-    out << *json << '\n';
-  } else {
-    out << table();
-  }
-  out.flush();
-  return exit_ok;
-}
-
-// Owns the broker connection of one invocation and turns manager replies into Failures.
-// Main thread only.
-class Session {
- public:
-  Session(const Settings& settings, RpcClient client) : settings_(settings), client_(std::move(client)) {}
-
-  // Sends `request`; on success returns the reply with code OK and the expected result set.
-  Outcome<v1::RpcResponse> call(const v1::RpcRequest& request, v1::RpcResponse::ResultCase expected,
-                                std::string_view what) {
-    auto reply = client_.call(request, settings_.timeout);
-    if (!reply) return Failure{exit_code_for(reply.error()), reply.error().message};
-    if (reply->code() != v1::RpcResponse::CODE_OK) {
-      std::string text = reply->error();
-      if (text.empty()) text = fmt::format("{}: {}", what, v1::RpcResponse::Code_Name(reply->code()));
-      return Failure{exit_code_for(reply->code()), std::move(text)};
-    }
-    if (reply->result_case() != expected) {
-      return Failure{exit_internal, fmt::format("{}: the manager's reply carries no result of this kind", what)};
-    }
-    return std::move(*reply);
-  }
-
- private:
-  const Settings& settings_;
-  RpcClient client_;
-};
-
-// Prints the error as one line, even when the text came from the manager with line breaks.
-int fail(const Failure& f, std::ostream& err) {
-  std::string line = f.message;
-  for (char& c : line) {
-    if (c == '\n' || c == '\r') c = ' ';
-  }
-  err << "flotilla: " << line << '\n';
-  err.flush();
-  return f.code;
-}
 
 int devices_list(Session& session, const Invocation& inv, const Settings& s, std::ostream& out, std::ostream& err) {
   v1::ListDevicesResponse all;
@@ -446,13 +314,10 @@ int execute(const Invocation& inv, std::ostream& out, std::ostream& err) {
     const auto eq = kv.find('=');
     if (eq == std::string::npos || eq == 0) return fail(usage(fmt::format("--set '{}': expected KEY=VALUE", kv)), err);
   }
-  auto resolved = resolve_settings(inv);
+  auto resolved = resolve_settings(inv.global);
   if (auto* f = std::get_if<Failure>(&resolved)) return fail(*f, err);
   const Settings& settings = std::get<Settings>(resolved);
-
-  auto client = RpcClient::connect(settings.transport, settings.username, settings.timeout);
-  if (!client) return fail(Failure{exit_code_for(client.error()), client.error().message}, err);
-  Session session(settings, std::move(*client));
+  Session session(settings);
 
   switch (inv.command) {
     case Command::devices_list: return devices_list(session, inv, settings, out, err);
@@ -478,8 +343,10 @@ int execute(const Invocation& inv, std::ostream& out, std::ostream& err) {
 
 constexpr const char* kFooter =
     "Exit codes: 0 success, 1 internal error, 2 usage error, 3 broker or manager unreachable,\n"
-    "            4 not found, 5 request rejected by the manager.\n"
-    "Environment: FLOTILLA_CONFIG, FLOTILLA_BROKER, FLOTILLA_MQTT_USERNAME, FLOTILLA_MQTT_PASSWORD.\n"
+    "            4 not found, 5 request rejected by the manager, 6 job did not fully succeed\n"
+    "            (jobs watch), 7 job still running at --timeout-total (jobs watch).\n"
+    "Environment: FLOTILLA_CONFIG, FLOTILLA_BROKER, FLOTILLA_MQTT_USERNAME, FLOTILLA_MQTT_PASSWORD,\n"
+    "             FLOTILLA_ACTOR, FLOTILLA_SIGNING_KEY.\n"
     "See docs/cli.md.";
 
 // CLI11 validator of --limit: its own integer conversion accepts out-of-range values.
@@ -493,6 +360,112 @@ std::string positive_integer(const std::string& text) {
 }
 
 }  // namespace
+
+namespace {
+
+// An operator name for the audit log: 1 to 64 bytes without control characters.
+bool valid_actor(std::string_view name) {
+  if (name.empty() || name.size() > 64) return false;
+  return std::none_of(name.begin(), name.end(),
+                      [](char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; });
+}
+
+}  // namespace
+
+Outcome<Settings> resolve_settings(const GlobalOptions& options) {
+  Settings s;
+  auto timeout = config::parse_duration(options.timeout);
+  if (!timeout) return usage(fmt::format("--timeout: {}", timeout.error().message));
+  if (timeout->count() <= 0) return usage("--timeout: must be greater than 0");
+  s.timeout = *timeout;
+
+  config::MqttConfig mqtt;
+  std::string file_output;
+  if (!options.config_file.empty()) {
+    auto reader = config::TomlReader::load_file(options.config_file);
+    if (!reader) return usage(reader.error().message);
+    if (auto st = config::read_mqtt(*reader, mqtt); !st) return usage(st.error().message);
+    if (auto st = reader->read("output", file_output); !st) return usage(st.error().message);
+    if (auto st = reader->read("signing_key", s.signing_key); !st) return usage(st.error().message);
+    if (auto st = reader->reject_unknown_keys(); !st) return usage(st.error().message);
+    if (!file_output.empty() && file_output != "table" && file_output != "json") {
+      return usage(fmt::format("{}: output: must be \"table\" or \"json\", not \"{}\"", reader->source(), file_output));
+    }
+  }
+
+  // Environment over file: a password from the environment replaces a password file from the file.
+  config::apply_mqtt_env(mqtt);
+  if (const char* env = std::getenv("FLOTILLA_MQTT_PASSWORD"); env != nullptr && *env != '\0') {
+    mqtt.password_file.clear();
+  }
+
+  // Command line over environment.
+  if (!options.broker.empty()) {
+    if (auto uri = parse_broker_uri(options.broker); !uri) {
+      return usage(fmt::format("--broker: {}", uri.error().message));
+    }
+    mqtt.broker = options.broker;
+  }
+  if (!options.username.empty()) mqtt.username = options.username;
+  if (!options.password_file.empty()) {
+    mqtt.password_file = options.password_file;
+    mqtt.password.clear();
+  }
+  if (mqtt.username.empty()) mqtt.username = kDefaultUsername;
+  if (auto st = validate_topic_level_name(mqtt.username, "username"); !st) return usage(st.error().message);
+  if (auto st = config::validate_mqtt(mqtt); !st) return usage(st.error().message);
+
+  auto transport = config::transport_options(mqtt);
+  if (!transport) return usage(transport.error().message);
+  s.transport = std::move(*transport);
+  // Unique per invocation: two concurrent runs must never take over each other's session.
+  const std::string_view prefix = mqtt.client_id.empty() ? kClientIdPrefix : std::string_view(mqtt.client_id);
+  s.transport.client_id = fmt::format("{}-{}", prefix, random_hex(8));
+  s.username = mqtt.username;
+
+  s.actor = s.username;
+  if (const char* env = std::getenv("FLOTILLA_ACTOR"); env != nullptr && *env != '\0') {
+    if (!valid_actor(env)) return usage("FLOTILLA_ACTOR: must have 1 to 64 bytes without control characters");
+    s.actor = env;
+  } else if (const char* user = std::getenv("USER"); user != nullptr && valid_actor(user)) {
+    s.actor = user;
+  }
+
+  const std::string& output = !options.output.empty() ? options.output : file_output;
+  s.json = output == "json";
+  return s;
+}
+
+int fail(const Failure& f, std::ostream& err) {
+  std::string line = f.message;
+  for (char& c : line) {
+    if (c == '\n' || c == '\r') c = ' ';
+  }
+  err << "flotilla: " << line << '\n';
+  err.flush();
+  return f.code;
+}
+
+Outcome<v1::RpcResponse> Session::call(v1::RpcRequest request, v1::RpcResponse::ResultCase expected,
+                                       std::string_view what) {
+  if (!client_) {
+    auto client = RpcClient::connect(settings_.transport, settings_.username, settings_.timeout);
+    if (!client) return Failure{exit_code_for(client.error()), client.error().message};
+    client_.emplace(std::move(*client));
+  }
+  if (request.actor().empty()) request.set_actor(settings_.actor);
+  auto reply = client_->call(request, settings_.timeout);
+  if (!reply) return Failure{exit_code_for(reply.error()), reply.error().message};
+  if (reply->code() != v1::RpcResponse::CODE_OK) {
+    std::string text = reply->error();
+    if (text.empty()) text = fmt::format("{}: {}", what, v1::RpcResponse::Code_Name(reply->code()));
+    return Failure{exit_code_for(reply->code()), std::move(text)};
+  }
+  if (reply->result_case() != expected) {
+    return Failure{exit_internal, fmt::format("{}: the manager's reply carries no result of this kind", what)};
+  }
+  return std::move(*reply);
+}
 
 int exit_code_for(const Error& error) noexcept {
   switch (error.code) {
@@ -525,23 +498,26 @@ int run(int argc, char** argv, std::ostream& out, std::ostream& err) {
   // reports unknown arguments, which it checks only after its requirements.
   app.require_subcommand(0, 1);
 
-  app.add_option("--config", inv.config_file, "TOML file with an [mqtt] section and an optional `output` key")
+  app.add_option("--config", inv.global.config_file,
+                 "TOML file: an [mqtt] section, optional `output` and `signing_key` keys")
       ->envname("FLOTILLA_CONFIG")
       ->type_name("FILE");
-  app.add_option("--broker", inv.broker,
+  app.add_option("--broker", inv.global.broker,
                  "Broker URI, mqtt://host:port or mqtts://host:port "
                  "(default mqtt://127.0.0.1:1883)")
       ->type_name("URI");
-  app.add_option("--username", inv.username,
+  app.add_option("--username", inv.global.username,
                  "Broker username, also names the reply topic "
                  "(default flotilla-operator)")
       ->type_name("NAME");
-  app.add_option("--password-file", inv.password_file, "File holding the broker password (must not be world-readable)")
+  app.add_option("--password-file", inv.global.password_file,
+                 "File holding the broker password (must not be world-readable)")
       ->type_name("FILE");
-  app.add_option("-o,--output", inv.output, "Output format: table or json (default table)")
+  app.add_option("-o,--output", inv.global.output, "Output format: table or json (default table)")
       ->check(CLI::IsMember({"table", "json"}))
       ->type_name("FORMAT");
-  app.add_option("--timeout", inv.timeout, "How long to wait for the broker and for each reply, e.g. 500ms, 5s, 1m")
+  app.add_option("--timeout", inv.global.timeout,
+                 "How long to wait for the broker and for each reply, e.g. 500ms, 5s, 1m")
       ->type_name("DURATION")
       ->capture_default_str();
 
@@ -612,6 +588,8 @@ int run(int argc, char** argv, std::ostream& out, std::ostream& err) {
   auto* manager = app.add_subcommand("manager", "Inspect the fleet manager");
   auto* status = manager->add_subcommand("status", "Show the manager's instance, uptime and counters");
 
+  JobCommands job_commands(app);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -623,9 +601,12 @@ int run(int argc, char** argv, std::ostream& out, std::ostream& err) {
     return fail(usage(fmt::format("{} (see flotilla --help)", e.what())), err);
   }
 
-  if (!devices->parsed() && !manager->parsed() && !groups->parsed()) {
-    return fail(usage("a command is required: devices, groups or manager (see flotilla --help)"), err);
+  if (!devices->parsed() && !manager->parsed() && !groups->parsed() && !job_commands.chosen()) {
+    return fail(usage("a command is required: devices, groups, jobs, scripts, keys, audit or manager "
+                      "(see flotilla --help)"),
+                err);
   }
+  if (auto f = job_commands.check_subcommand()) return fail(*f, err);
   if (groups->parsed() && groups->get_subcommands().empty()) {
     return fail(usage("groups: a subcommand is required: create, list, show, members, add, remove, explain or "
                       "delete (see flotilla groups --help)"),
@@ -657,6 +638,7 @@ int run(int argc, char** argv, std::ostream& out, std::ostream& err) {
   else if (g_delete->parsed()) inv.command = Command::groups_delete;
 
   try {
+    if (job_commands.chosen()) return job_commands.execute(inv.global, out, err);
     return execute(inv, out, err);
   } catch (const std::exception& e) {
     return fail(Failure{exit_internal, fmt::format("internal error: {}", e.what())}, err);

@@ -6,6 +6,9 @@
 #include <algorithm>
 #include <charconv>
 #include <fstream>
+#include <iterator>
+#include <set>
+#include <sstream>
 
 #include "flotilla/core/backoff.hpp"
 #include "flotilla/core/clock.hpp"
@@ -13,6 +16,7 @@
 #include "flotilla/core/log.hpp"
 #include "flotilla/core/topics.hpp"
 #include "flotilla/core/version.hpp"
+#include "flotilla/manager/schedule.hpp"
 
 namespace flotilla::agent {
 namespace {
@@ -71,6 +75,35 @@ Result<std::unique_ptr<Agent>> Agent::create(AgentConfig config, std::vector<std
               (*outbox)->state_was_reset() ? ", state reset" : "");
   }
   std::unique_ptr<Agent> a(new Agent(std::move(config), std::move(collectors), std::move(outbox).value()));
+  JobRunnerOptions jo;
+  jo.state_dir = a->config_.state_dir;
+  jo.trusted_keys = a->config_.trusted_keys;
+  jo.self = jobs::DeviceScope{a->config_.device_id, a->config_.tenant, a->config_.site};
+  jo.policy.allow_reboot = a->config_.allow_reboot;
+  jo.policy.apt_simulate_only = a->config_.apt_simulate_only;
+  jo.policy.work_dir = a->config_.state_dir / "jobs";
+  jo.policy.default_timeout = std::chrono::duration_cast<std::chrono::seconds>(a->config_.job_default_timeout);
+  Agent* agent = a.get();
+  jo.local["inventory.refresh"] = [agent](const JobRequest&) {
+    agent->check_inventory(true);
+    return JobOutcome{JobStatus::succeeded, "inventory sent", {}};
+  };
+  auto runner = JobRunner::open(std::move(jo), unix_now_ms());
+  if (!runner) return std::move(runner).error();
+  a->jobs_ = std::move(runner).value();
+  if (std::ifstream in(a->config_.state_dir / "patches.pb", std::ios::binary); in) {
+    const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (!a->patches_.ParseFromString(bytes)) a->patches_.Clear();
+  }
+  // The configuration applied before the last stop holds until the manager's retained one
+  // arrives.
+  if (std::ifstream in(a->config_.state_dir / "config.pb", std::ios::binary); in) {
+    const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    v1::DesiredConfig saved;
+    if (saved.ParseFromString(bytes)) {
+      if (auto st = a->apply_config(saved); !st) log::warn("stored configuration not applied: {}", st.error().message);
+    }
+  }
   auto stream = a->load_stream_id();
   if (!stream) return std::move(stream).error();
   a->stream_id_ = *stream;
@@ -158,6 +191,7 @@ v1::Inventory Agent::collect_inventory() {
   for (auto& c : collectors_) {
     if (auto st = c->collect_inventory(inv); !st) log::warn("collector {}: {}", c->name(), st.error().message);
   }
+  if (patches_.scanned_at_ms() != 0) *inv.mutable_patches() = patches_;
   return inv;
 }
 
@@ -178,6 +212,7 @@ void Agent::run(std::stop_token stop) {
     events.clear();
     queue_.drain(events, 256, wait);
     for (auto& e : events) handle(e);
+    publish_job_reports(jobs_->poll(unix_now_ms()));
     commit_acks();
     const auto after = SteadyClock::now();
     connection_->tick(after);
@@ -224,6 +259,8 @@ void Agent::handle(TransportEvent& e) {
     auto topic = topics::parse_device_topic(r->message.topic);
     if (topic && topic->device == protocol_.identity().id && topic->channel == topics::Channel::cmd) {
       on_command(r->message);
+    } else if (topic && topic->device == protocol_.identity().id && topic->channel == topics::Channel::config) {
+      on_config(r->message);
     }
     return;
   }
@@ -272,7 +309,9 @@ void Agent::on_command(const Message& message) {
   }
   const auto& cmd = std::get<DeviceProtocol::Execute>(decision).command;
   log::info("command {} ({})", cmd.command_id(), cmd.type());
-  if (cmd.type() == "ping") {
+  if (cmd.type() == "job") {
+    publish_job_reports(jobs_->on_command(cmd, now));
+  } else if (cmd.type() == "ping") {
     enqueue(protocol_.result(cmd, v1::CommandResult::STATUS_SUCCEEDED, "pong",
                              {{"agent_version", flotilla::version}, {"epoch", std::to_string(protocol_.epoch())}},
                              now));
@@ -287,6 +326,118 @@ void Agent::on_command(const Message& message) {
   } else {
     enqueue(protocol_.result(cmd, v1::CommandResult::STATUS_REJECTED,
                              fmt::format("unsupported command type '{}'", cmd.type().substr(0, 64)), {}, now));
+  }
+}
+
+void Agent::on_config(const Message& message) {
+  auto config = codec::decode<v1::DesiredConfig>(message.payload, codec::max_command_bytes);
+  if (!config) {
+    log::warn("ignoring desired configuration: {}", config.error().message);
+    return;
+  }
+  if (config->device_id() != config_.device_id) {
+    log::warn("ignoring desired configuration addressed to {:?}", config->device_id().substr(0, 80));
+    return;
+  }
+  if (config->version() == protocol_.config_version()) return;
+  if (auto st = apply_config(*config); !st) {
+    log::warn("desired configuration {} not applied: {}", config->version(), st.error().message);
+    return;
+  }
+  if (auto st = write_file_durably(config_.state_dir / "config.pb", codec::encode(*config)); !st) {
+    log::warn("desired configuration applied but not saved: {}", st.error().message);
+  }
+  log::info("desired configuration {} applied ({} keys)", config->version(), config->values_size());
+  // Report the applied version now rather than at the next sample.
+  sample_telemetry();
+}
+
+Status Agent::apply_config(const v1::DesiredConfig& config) {
+  // Validate everything first: a configuration is applied whole or not at all.
+  const auto& v = config.values();
+  std::optional<std::chrono::milliseconds> telemetry, inventory;
+  if (auto it = v.find("telemetry.interval"); it != v.end()) {
+    auto d = config::parse_duration(it->second);
+    if (!d || *d < std::chrono::seconds(1))
+      return make_error(Errc::invalid_argument, "telemetry.interval {:?}", it->second);
+    telemetry = *d;
+  }
+  if (auto it = v.find("inventory.interval"); it != v.end()) {
+    auto d = config::parse_duration(it->second);
+    if (!d || *d < std::chrono::seconds(10))
+      return make_error(Errc::invalid_argument, "inventory.interval {:?}", it->second);
+    inventory = *d;
+  }
+  std::function<bool(std::int64_t)> in_window;
+  if (auto it = v.find("maintenance.window"); it != v.end()) {
+    auto window = manager::MaintenanceWindow::parse(it->second);
+    if (!window) return make_error(Errc::invalid_argument, "maintenance.window: {}", window.error().message);
+    in_window = [w = std::move(window).value()](std::int64_t now_ms) { return w.contains(now_ms); };
+  }
+  std::set<std::string> allowed;
+  if (auto it = v.find("jobs.allowed_types"); it != v.end()) {
+    std::string_view rest = it->second;
+    while (!rest.empty()) {
+      const auto comma = rest.find(',');
+      allowed.emplace(rest.substr(0, comma));
+      rest = comma == std::string_view::npos ? std::string_view() : rest.substr(comma + 1);
+    }
+  }
+  bool reboot = true;
+  if (auto it = v.find("reboot.allowed"); it != v.end()) reboot = it->second == "true";
+
+  if (telemetry) {
+    config_.telemetry_interval = *telemetry;
+    next_telemetry_ = std::min(next_telemetry_, SteadyClock::now() + *telemetry);
+  }
+  if (inventory) {
+    config_.inventory_interval = *inventory;
+    next_inventory_ = std::min(next_inventory_, SteadyClock::now() + *inventory);
+  }
+  jobs_->set_policy(std::move(allowed), reboot, std::move(in_window));
+  protocol_.set_config_version(config.version());
+  return {};
+}
+
+void Agent::note_patch_scan(const JobReport& report) {
+  auto number = [&](const char* key) -> std::uint64_t {
+    auto it = report.output.find(key);
+    std::uint64_t n = 0;
+    if (it != report.output.end()) (void)std::from_chars(it->second.data(), it->second.data() + it->second.size(), n);
+    return n;
+  };
+  v1::PatchStatus p;
+  p.set_scanned_at_ms(static_cast<std::int64_t>(number("scanned_ms")));
+  p.set_pending(static_cast<std::uint32_t>(number("pending")));
+  p.set_security_pending(static_cast<std::uint32_t>(number("security_pending")));
+  // Lines "name current -> candidate [security]" ("(new)" for a package not yet installed).
+  if (auto it = report.output.find("updates"); it != report.output.end()) {
+    std::istringstream lines(it->second);
+    std::string line;
+    while (std::getline(lines, line) && p.updates_size() < 500) {
+      std::istringstream words(line);
+      std::string name, current, arrow, candidate, flag;
+      if (!(words >> name >> current >> arrow >> candidate) || arrow != "->") continue;
+      words >> flag;
+      auto* u = p.add_updates();
+      u->set_name(name);
+      u->set_current_version(current == "(new)" ? std::string() : current);
+      u->set_candidate_version(candidate);
+      u->set_security(flag == "[security]");
+    }
+  }
+  patches_ = std::move(p);
+  if (auto st = write_file_durably(config_.state_dir / "patches.pb", codec::encode(patches_)); !st) {
+    log::warn("patch scan not saved: {}", st.error().message);
+  }
+  check_inventory(true);
+}
+
+void Agent::publish_job_reports(std::vector<JobReport> reports) {
+  for (auto& r : reports) {
+    if (r.type == "patch.scan" && r.status == v1::CommandResult::STATUS_SUCCEEDED) note_patch_scan(r);
+    enqueue(protocol_.job_result(r.job_id, r.attempt, r.status, std::move(r.message), r.output, r.progress_percent,
+                                 unix_now_ms()));
   }
 }
 

@@ -13,19 +13,24 @@ Result<AgentConfig> load_config(const std::filesystem::path* file) {
     if (!r) return std::move(r).error();
     std::string state_dir = c.state_dir.string();
     std::string level = "info";
+    std::string trusted_keys = c.trusted_keys.string();
     for (auto st :
          {config::read_mqtt(*r, c.mqtt), r->read("agent.device_id", c.device_id), r->read("agent.state_dir", state_dir),
           r->read("agent.telemetry_interval", c.telemetry_interval),
           r->read("agent.inventory_interval", c.inventory_interval),
           r->read("agent.outbox_max_bytes", c.outbox_max_bytes), r->read("agent.max_inflight", c.max_inflight),
           r->read("agent.tenant", c.tenant), r->read("agent.site", c.site), r->read("agent.tags", c.tags),
-          r->read("log.level", level), r->reject_unknown_keys()}) {
+          r->read("jobs.trusted_keys", trusted_keys), r->read("jobs.allow_reboot", c.allow_reboot),
+          r->read("jobs.apt_simulate_only", c.apt_simulate_only),
+          r->read("jobs.default_timeout", c.job_default_timeout), r->read("log.level", level),
+          r->reject_unknown_keys()}) {
       if (!st) return std::move(st).error();
     }
     auto lvl = log::parse_level(level);
     if (!lvl) return make_error(Errc::invalid_argument, "log.level: {}", lvl.error().message);
     c.log_level = *lvl;
     c.state_dir = state_dir;
+    c.trusted_keys = trusted_keys;
   }
   config::apply_mqtt_env(c.mqtt);
   return c;
@@ -61,6 +66,9 @@ Status validate(const AgentConfig& c) {
   }
   if (c.max_inflight < 1 || c.max_inflight > 1000) {
     return make_error(Errc::invalid_argument, "agent.max_inflight: must be between 1 and 1000");
+  }
+  if (c.job_default_timeout < std::chrono::seconds(1) || c.job_default_timeout > std::chrono::hours(24)) {
+    return make_error(Errc::invalid_argument, "jobs.default_timeout: must be between 1s and 24h");
   }
   for (const auto& [key, value] : {std::pair{"agent.tenant", &c.tenant}, {"agent.site", &c.site}}) {
     if (value->size() > 128) return make_error(Errc::invalid_argument, "{}: at most 128 characters", key);

@@ -1,5 +1,7 @@
 #include "flotilla/agent/protocol.hpp"
 
+#include <fmt/format.h>
+
 #include "flotilla/core/codec.hpp"
 #include "flotilla/core/topics.hpp"
 
@@ -33,6 +35,7 @@ Message DeviceProtocol::birth(const v1::Inventory& inventory, std::uint64_t acke
   birth.set_gateway_id(identity_.gateway_id);
   birth.set_stream_id(stream_id_);
   birth.set_stream_acked_seq(acked_seq);
+  birth.set_config_version(config_version_);
   return Message{topics::device(identity_.id, topics::Channel::birth), codec::encode(birth), 1, false, {}, {}};
 }
 
@@ -45,6 +48,7 @@ Message DeviceProtocol::graceful_death(std::int64_t now_ms) {
 
 Message DeviceProtocol::telemetry(v1::Telemetry telemetry, std::int64_t now_ms) {
   *telemetry.mutable_header() = reading_header(now_ms);
+  telemetry.set_config_version(config_version_);
   return Message{topics::device(identity_.id, topics::Channel::telemetry), codec::encode(telemetry), 1, false, {}, {}};
 }
 
@@ -58,6 +62,7 @@ DeviceProtocol::CommandDecision DeviceProtocol::on_command(const Message& messag
   if (!cmd) return Ignore{cmd.error().message};
   if (auto st = codec::check_header(cmd->header(), identity_.id); !st) return Ignore{st.error().message};
   if (cmd->command_id().empty() || cmd->command_id().size() > 128) return Ignore{"command id missing or too long"};
+  if (cmd->type() == "job") return Execute{std::move(cmd).value()};  // the job runner decides
   if (auto it = executed_.find(cmd->command_id()); it != executed_.end()) {
     v1::CommandResult again = it->second;
     *again.mutable_header() = reading_header(now_ms);
@@ -73,6 +78,21 @@ DeviceProtocol::CommandDecision DeviceProtocol::on_command(const Message& messag
 Message DeviceProtocol::result(const v1::Command& command, v1::CommandResult::Status status, std::string text,
                                const std::map<std::string, std::string>& output, std::int64_t now_ms) {
   return reply_for(command.command_id(), status, std::move(text), output, now_ms);
+}
+
+Message DeviceProtocol::job_result(std::string_view job_id, std::uint32_t attempt, v1::CommandResult::Status status,
+                                   std::string text, const std::map<std::string, std::string>& output,
+                                   std::uint32_t progress_percent, std::int64_t now_ms) {
+  v1::CommandResult r;
+  *r.mutable_header() = reading_header(now_ms);
+  r.set_command_id(fmt::format("{}/{}", job_id, attempt));
+  r.set_job_id(std::string(job_id));
+  r.set_attempt(attempt);
+  r.set_status(status);
+  r.set_message(std::move(text));
+  r.set_progress_percent(progress_percent);
+  for (const auto& [k, v] : output) (*r.mutable_output())[k] = v;
+  return Message{topics::device(identity_.id, topics::Channel::result), codec::encode(r), 1, false, {}, {}};
 }
 
 Message DeviceProtocol::reply_for(const std::string& command_id, v1::CommandResult::Status status, std::string text,

@@ -17,7 +17,9 @@ Result<ManagerConfig> load_config(const std::filesystem::path* file) {
          {config::read_mqtt(*reader, c.mqtt), reader->read("manager.data_dir", data_dir),
           reader->read("manager.instance_id", c.instance_id), reader->read("manager.queue_capacity", queue),
           reader->read("manager.max_batch", batch), reader->read("manager.rebirth_interval", c.rebirth_interval),
-          reader->read("log.level", level), reader->read("log.burst", c.log_burst), reader->reject_unknown_keys()}) {
+          reader->read("jobs.default_timeout", c.job_timeout),
+          reader->read("jobs.redrive_interval", c.job_redrive_interval), reader->read("log.level", level),
+          reader->read("log.burst", c.log_burst), reader->reject_unknown_keys()}) {
       if (!st) return std::move(st).error();
     }
     auto lvl = log::parse_level(level);
@@ -40,6 +42,12 @@ Status validate(const ManagerConfig& c) {
   }
   if (c.max_batch < 1 || c.max_batch > c.queue_capacity) {
     return make_error(Errc::invalid_argument, "manager.max_batch: must be between 1 and manager.queue_capacity");
+  }
+  if (c.job_timeout < std::chrono::seconds(1) || c.job_timeout > std::chrono::hours(24 * 7)) {
+    return make_error(Errc::invalid_argument, "jobs.default_timeout: must be between 1s and 7d");
+  }
+  if (c.job_redrive_interval < std::chrono::milliseconds(100) || c.job_redrive_interval > std::chrono::hours(1)) {
+    return make_error(Errc::invalid_argument, "jobs.redrive_interval: must be between 100ms and 1h");
   }
   return {};
 }

@@ -1,10 +1,14 @@
 #include "flotilla/manager/index.hpp"
 
 #include <algorithm>
-#include <charconv>
+#include <array>
 #include <cmath>
+#include <functional>
+#include <iterator>
 #include <limits>
-#include <sstream>
+#include <map>
+#include <optional>
+#include <unordered_map>
 
 #include <fmt/format.h>
 
@@ -55,50 +59,100 @@ void SlotSet::and_not(const SlotSet& other) {
 
 namespace {
 
-// Distinct values past which a text column keeps no postings (ids, serials, hostnames).
+// Distinct values past which a text column keeps no postings (serials, hostnames).
 constexpr std::size_t kMaxPostingValues = 4096;
-// A posting stays a sorted vector until it would be larger than a dense bitset of the fleet.
+// A posting or a result stays a sorted vector of slots while it holds at most 1/32 of the fleet
+// (where the vector is as large as a bitset), a bitset past that.
 constexpr std::size_t kSparseFactor = 32;
+// Dictionaries of multi-valued columns up to this size are searched linearly (the versions of
+// one package: one to four values); larger ones get a hash map.
+constexpr std::size_t kLinearDictionary = 8;
+// Entries per chunk of a value order: an insert or erase moves at most this many.
+constexpr std::size_t kChunkMax = 512;
+// Sorting on a text column ranks its distinct values first when it has at most this many.
+constexpr std::size_t kMaxRankedValues = std::size_t{1} << 16;
 constexpr double kAbsent = std::numeric_limits<double>::quiet_NaN();
+constexpr double kInf = std::numeric_limits<double>::infinity();
 
-// The slots holding one value: sorted vector while sparse, dense bitset past that.
+struct StringHash {
+  using is_transparent = void;
+  std::size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
+};
+template <typename V>
+using StringMap = std::unordered_map<std::string, V, StringHash, std::equal_to<>>;
+
+bool is_number(FieldType t) { return t == FieldType::number || t == FieldType::time; }
+bool sparse_size(std::uint64_t n, std::size_t slots) { return n * kSparseFactor <= slots; }
+std::size_t words_for(std::size_t slots) { return (slots + 63) / 64; }
+double log2_of(std::uint64_t n) { return std::log2(static_cast<double>(n) + 2.0); }
+
+std::string format_number(double v) {
+  if (std::isnan(v)) return {};
+  if (std::floor(v) == v && std::fabs(v) < 1e15) return fmt::format("{}", static_cast<std::int64_t>(v));
+  return fmt::format("{}", v);
+}
+
+const std::vector<std::string> kDefaultProjection{"kind",       "online",           "os.name",
+                                                  "os.version", "firmware.version", "last_seen"};
+
+// The slots holding one value: a sorted vector while sparse, a bitset past that.
 class Posting {
  public:
-  void add(std::uint32_t slot, std::size_t slots) {
-    ++count_;
+  // False when the slot was already there.
+  bool add(std::uint32_t slot, std::size_t slots) {
     if (dense_) {
+      if (dense_->test(slot)) return false;
       dense_->set(slot);
-      return;
+    } else if (sparse_.empty() || sparse_.back() < slot) {
+      sparse_.push_back(slot);  // the common case while loading: slots arrive in order
+    } else {
+      const auto it = std::lower_bound(sparse_.begin(), sparse_.end(), slot);
+      if (*it == slot) return false;
+      sparse_.insert(it, slot);
     }
-    sparse_.insert(std::lower_bound(sparse_.begin(), sparse_.end(), slot), slot);
-    if (sparse_.size() > std::max<std::size_t>(64, slots / kSparseFactor)) {
+    ++count_;
+    if (!dense_ && sparse_.size() > std::max<std::size_t>(64, slots / kSparseFactor)) {
       dense_ = std::make_unique<SlotSet>();
       dense_->resize(slots);
       for (auto s : sparse_) dense_->set(s);
       sparse_.clear();
       sparse_.shrink_to_fit();
     }
+    return true;
   }
-  void remove(std::uint32_t slot) {
+  // False when the slot was not there.
+  bool remove(std::uint32_t slot) {
     if (dense_) {
-      if (dense_->test(slot)) --count_;
+      if (!dense_->test(slot)) return false;
       dense_->reset(slot);
-      return;
-    }
-    auto it = std::lower_bound(sparse_.begin(), sparse_.end(), slot);
-    if (it != sparse_.end() && *it == slot) {
+    } else {
+      const auto it = std::lower_bound(sparse_.begin(), sparse_.end(), slot);
+      if (it == sparse_.end() || *it != slot) return false;
       sparse_.erase(it);
-      --count_;
     }
+    --count_;
+    return true;
   }
-  void add_to(SlotSet& out) const {
-    if (dense_) {
-      out.or_with(*dense_);
-      return;
-    }
-    for (auto s : sparse_) out.set(s);
+  bool test(std::uint32_t slot) const {
+    return dense_ ? dense_->test(slot) : std::binary_search(sparse_.begin(), sparse_.end(), slot);
   }
   std::uint64_t count() const { return count_; }
+  const SlotSet* dense() const { return dense_.get(); }
+  const std::vector<std::uint32_t>& sparse() const { return sparse_; }
+  template <typename F>
+  void for_each(F&& f) const {
+    if (dense_) {
+      dense_->for_each(f);
+    } else {
+      for (auto s : sparse_) f(s);
+    }
+  }
+  // Rough costs (about ns) for the planner: testing one slot, and visiting every member.
+  double test_cost() const { return dense_ ? 1.5 : 4.0 + log2_of(count_); }
+  double visit_cost() const {
+    return dense_ ? static_cast<double>(dense_->words().size()) / 4 + static_cast<double>(count_)
+                  : static_cast<double>(count_);
+  }
   std::size_t bytes() const { return dense_ ? dense_->bytes() : sparse_.capacity() * sizeof(std::uint32_t); }
 
  private:
@@ -107,89 +161,472 @@ class Posting {
   std::uint64_t count_ = 0;
 };
 
+// A set of slots produced by evaluating a query: a sorted vector while small, a bitset past that.
+struct Sel {
+  bool dense = false;
+  std::vector<std::uint32_t> list;  // sorted, when !dense
+  SlotSet bits;                     // when dense
+  std::uint64_t n = 0;
+
+  bool test(std::uint32_t slot) const {
+    return dense ? bits.test(slot) : std::binary_search(list.begin(), list.end(), slot);
+  }
+  template <typename F>
+  void for_each(F&& f) const {
+    if (dense) {
+      bits.for_each(f);
+    } else {
+      for (auto s : list) f(s);
+    }
+  }
+};
+
+Sel sel_from_list(std::vector<std::uint32_t> sorted, std::size_t slots) {
+  Sel r;
+  r.n = sorted.size();
+  if (sparse_size(r.n, slots)) {
+    r.list = std::move(sorted);
+    return r;
+  }
+  r.dense = true;
+  r.bits.resize(slots);
+  for (auto s : sorted) r.bits.set(s);
+  return r;
+}
+
+Sel sel_from_bits(SlotSet bits, std::uint64_t n, std::size_t slots) {
+  Sel r;
+  r.n = n;
+  if (sparse_size(n, slots)) {
+    r.list.reserve(n);
+    bits.for_each([&](std::uint32_t s) { r.list.push_back(s); });
+    return r;
+  }
+  r.dense = true;
+  r.bits = std::move(bits);
+  return r;
+}
+
+Sel sel_of_posting(const Posting& p, std::size_t slots) {
+  if (const SlotSet* d = p.dense()) {
+    SlotSet copy = *d;
+    copy.resize(slots);
+    return sel_from_bits(std::move(copy), p.count(), slots);
+  }
+  Sel r;
+  r.list = p.sparse();
+  r.n = r.list.size();
+  return r;
+}
+
+void make_dense(Sel& s, std::size_t slots) {
+  if (s.dense) return;
+  s.bits = SlotSet();
+  s.bits.resize(slots);
+  for (auto slot : s.list) s.bits.set(slot);
+  s.list.clear();
+  s.list.shrink_to_fit();
+  s.dense = true;
+}
+
+// Keeps the members of `s` for which keep(slot) holds.
+template <typename Keep>
+Sel filter(const Sel& s, Keep&& keep, std::size_t slots) {
+  if (!s.dense) {
+    Sel r;
+    for (auto slot : s.list) {
+      if (keep(slot)) r.list.push_back(slot);
+    }
+    r.n = r.list.size();
+    return r;
+  }
+  SlotSet out;
+  out.resize(slots);
+  auto& ow = out.words();
+  const auto& iw = s.bits.words();
+  std::uint64_t n = 0;
+  for (std::size_t w = 0; w < iw.size() && w < ow.size(); ++w) {
+    std::uint64_t bits = iw[w];
+    std::uint64_t kept = 0;
+    while (bits != 0) {
+      const int b = __builtin_ctzll(bits);
+      bits &= bits - 1;
+      if (keep(static_cast<std::uint32_t>(w * 64 + static_cast<std::size_t>(b)))) kept |= std::uint64_t{1} << b;
+    }
+    ow[w] = kept;
+    n += static_cast<std::uint64_t>(__builtin_popcountll(kept));
+  }
+  return sel_from_bits(std::move(out), n, slots);
+}
+
+Sel intersect(Sel a, const Sel& b, std::size_t slots) {
+  if (!a.dense && !b.dense) {
+    Sel r;
+    std::set_intersection(a.list.begin(), a.list.end(), b.list.begin(), b.list.end(), std::back_inserter(r.list));
+    r.n = r.list.size();
+    return r;
+  }
+  if (!a.dense)
+    return filter(
+        a, [&](std::uint32_t s) { return b.bits.test(s); }, slots);
+  if (!b.dense)
+    return filter(
+        b, [&](std::uint32_t s) { return a.bits.test(s); }, slots);
+  a.bits.and_with(b.bits);
+  const auto n = a.bits.count();
+  return sel_from_bits(std::move(a.bits), n, slots);
+}
+
+Sel unite(Sel a, const Sel& b, std::size_t slots) {
+  if (!a.dense && !b.dense && sparse_size(a.n + b.n, slots)) {
+    Sel r;
+    std::set_union(a.list.begin(), a.list.end(), b.list.begin(), b.list.end(), std::back_inserter(r.list));
+    r.n = r.list.size();
+    return r;
+  }
+  make_dense(a, slots);
+  if (b.dense) {
+    a.bits.or_with(b.bits);
+  } else {
+    for (auto s : b.list) a.bits.set(s);
+  }
+  a.n = a.bits.count();
+  return a;
+}
+
+Sel subtract(Sel a, const Sel& b, std::size_t slots) {
+  if (!a.dense)
+    return filter(
+        a, [&](std::uint32_t s) { return !b.test(s); }, slots);
+  if (b.dense) {
+    a.bits.and_not(b.bits);
+  } else {
+    for (auto s : b.list) a.bits.reset(s);
+  }
+  const auto n = a.bits.count();
+  return sel_from_bits(std::move(a.bits), n, slots);
+}
+
+// The (value, slot) pairs of a number column in (value, slot) order, in chunks of at most
+// kChunkMax entries, so an insert or erase moves a few KB and a rank is two binary searches.
+class Ordered {
+ public:
+  std::size_t size() const { return size_; }
+
+  // Replaces the content with these entries (any order).
+  void build(std::vector<std::pair<double, std::uint32_t>> entries) {
+    std::sort(entries.begin(), entries.end());
+    chunks_.clear();
+    size_ = entries.size();
+    constexpr std::size_t kFill = kChunkMax * 3 / 4;  // room to grow before the first splits
+    for (std::size_t i = 0; i < entries.size(); i += kFill) {
+      Chunk c;
+      const std::size_t end = std::min(entries.size(), i + kFill);
+      c.values.reserve(end - i);
+      c.slots.reserve(end - i);
+      for (std::size_t j = i; j < end; ++j) {
+        c.values.push_back(entries[j].first);
+        c.slots.push_back(entries[j].second);
+      }
+      chunks_.push_back(std::move(c));
+    }
+    dirty_ = true;
+  }
+
+  void insert(double v, std::uint32_t slot) {
+    if (chunks_.empty()) chunks_.emplace_back();
+    const std::size_t c = find_chunk(v, slot);
+    Chunk& chunk = chunks_[c];
+    const std::size_t at = position(chunk, v, slot);
+    chunk.values.insert(chunk.values.begin() + static_cast<std::ptrdiff_t>(at), v);
+    chunk.slots.insert(chunk.slots.begin() + static_cast<std::ptrdiff_t>(at), slot);
+    ++size_;
+    dirty_ = true;
+    if (chunk.values.size() > kChunkMax) {
+      const auto half = static_cast<std::ptrdiff_t>(chunk.values.size() / 2);
+      Chunk upper;
+      upper.values.assign(chunk.values.begin() + half, chunk.values.end());
+      upper.slots.assign(chunk.slots.begin() + half, chunk.slots.end());
+      chunk.values.resize(static_cast<std::size_t>(half));
+      chunk.slots.resize(static_cast<std::size_t>(half));
+      chunks_.insert(chunks_.begin() + static_cast<std::ptrdiff_t>(c) + 1, std::move(upper));
+    }
+  }
+
+  // False when the entry is not there.
+  bool erase(double v, std::uint32_t slot) {
+    if (chunks_.empty()) return false;
+    const std::size_t c = find_chunk(v, slot);
+    Chunk& chunk = chunks_[c];
+    const std::size_t at = position(chunk, v, slot);
+    if (at >= chunk.values.size() || chunk.values[at] != v || chunk.slots[at] != slot) return false;
+    chunk.values.erase(chunk.values.begin() + static_cast<std::ptrdiff_t>(at));
+    chunk.slots.erase(chunk.slots.begin() + static_cast<std::ptrdiff_t>(at));
+    --size_;
+    dirty_ = true;
+    if (chunk.values.empty()) {
+      chunks_.erase(chunks_.begin() + static_cast<std::ptrdiff_t>(c));
+    } else if (c + 1 < chunks_.size() && chunk.values.size() + chunks_[c + 1].values.size() <= kChunkMax / 2) {
+      Chunk& next = chunks_[c + 1];
+      chunk.values.insert(chunk.values.end(), next.values.begin(), next.values.end());
+      chunk.slots.insert(chunk.slots.end(), next.slots.begin(), next.slots.end());
+      chunks_.erase(chunks_.begin() + static_cast<std::ptrdiff_t>(c) + 1);
+    }
+    return true;
+  }
+
+  // Entries whose value is below v (or at most v when inclusive).
+  std::size_t rank(double v, bool inclusive) const {
+    refresh();
+    // The first chunk whose last value is not counted.
+    std::size_t lo = 0, hi = chunks_.size();
+    while (lo < hi) {
+      const std::size_t mid = (lo + hi) / 2;
+      const double last = chunks_[mid].values.back();
+      if (inclusive ? last <= v : last < v) lo = mid + 1;
+      else hi = mid;
+    }
+    if (lo == chunks_.size()) return size_;
+    const auto& values = chunks_[lo].values;
+    const auto it = inclusive ? std::upper_bound(values.begin(), values.end(), v)
+                              : std::lower_bound(values.begin(), values.end(), v);
+    return before_[lo] + static_cast<std::size_t>(it - values.begin());
+  }
+
+  // Calls f(value, slot) for the entries of rank from .. to-1, in ascending order (descending:
+  // from to-1 down to from), until f returns false.
+  template <typename F>
+  void visit(std::size_t from, std::size_t to, bool descending, F&& f) const {
+    if (from >= to) return;
+    refresh();
+    auto chunk_of = [&](std::size_t rank) {
+      return static_cast<std::size_t>(std::upper_bound(before_.begin(), before_.end(), rank) - before_.begin()) - 1;
+    };
+    if (!descending) {
+      for (std::size_t c = chunk_of(from), r = from; r < to; ++c) {
+        const Chunk& chunk = chunks_[c];
+        for (std::size_t i = r - before_[c]; i < chunk.values.size() && r < to; ++i, ++r) {
+          if (!f(chunk.values[i], chunk.slots[i])) return;
+        }
+      }
+      return;
+    }
+    std::size_t r = to;  // entries of rank [from, r) are left
+    for (std::size_t c = chunk_of(to - 1);; --c) {
+      const Chunk& chunk = chunks_[c];
+      for (std::size_t i = r - before_[c]; i > 0 && r > from; --r) {
+        --i;
+        if (!f(chunk.values[i], chunk.slots[i])) return;
+      }
+      if (r == from || c == 0) return;
+    }
+  }
+
+  std::size_t bytes() const {
+    std::size_t n = chunks_.capacity() * sizeof(Chunk) + before_.capacity() * sizeof(std::size_t);
+    for (const auto& c : chunks_)
+      n += c.values.capacity() * sizeof(double) + c.slots.capacity() * sizeof(std::uint32_t);
+    return n;
+  }
+
+ private:
+  struct Chunk {
+    std::vector<double> values;
+    std::vector<std::uint32_t> slots;
+  };
+
+  static bool pair_less(double v1, std::uint32_t s1, double v2, std::uint32_t s2) {
+    return v1 < v2 || (v1 == v2 && s1 < s2);
+  }
+
+  // The chunk that holds (v, slot), or would: the first whose last entry is not below it, else
+  // the last chunk.
+  std::size_t find_chunk(double v, std::uint32_t slot) const {
+    std::size_t lo = 0, hi = chunks_.size();
+    while (lo < hi) {
+      const std::size_t mid = (lo + hi) / 2;
+      const Chunk& c = chunks_[mid];
+      if (!c.values.empty() && pair_less(c.values.back(), c.slots.back(), v, slot)) lo = mid + 1;
+      else hi = mid;
+    }
+    return std::min(lo, chunks_.size() - 1);
+  }
+
+  // The first index of the chunk whose entry is not below (v, slot).
+  static std::size_t position(const Chunk& c, double v, std::uint32_t slot) {
+    std::size_t lo = 0, hi = c.values.size();
+    while (lo < hi) {
+      const std::size_t mid = (lo + hi) / 2;
+      if (pair_less(c.values[mid], c.slots[mid], v, slot)) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
+  }
+
+  void refresh() const {
+    if (!dirty_) return;
+    before_.resize(chunks_.size());
+    std::size_t n = 0;
+    for (std::size_t c = 0; c < chunks_.size(); ++c) {
+      before_[c] = n;
+      n += chunks_[c].values.size();
+    }
+    dirty_ = false;
+  }
+
+  std::vector<Chunk> chunks_;
+  mutable std::vector<std::size_t> before_;  // entries before each chunk
+  mutable bool dirty_ = true;
+  std::size_t size_ = 0;
+};
+
 // Single-valued text, version and boolean fields: dictionary-encoded.
 struct TextColumn {
   FieldType type = FieldType::text;
-  std::vector<std::uint32_t> value_of;  // slot -> value id + 1; 0: absent
+  FactPart part = FactPart::record;
+  std::vector<std::uint32_t> code;  // slot -> value id + 1; 0: absent
   std::vector<std::string> values;
-  std::unordered_map<std::string, std::uint32_t> ids;
+  StringMap<std::uint32_t> ids;
   std::vector<std::uint64_t> counts;
   std::vector<Posting> postings;  // parallel to values while postings_on
   bool postings_on = true;
+  std::uint64_t present = 0;
+  std::uint64_t touched = 0;  // generation of the last update that set this column
 
-  std::uint32_t get(std::uint32_t slot) const { return slot < value_of.size() ? value_of[slot] : 0; }
+  std::uint32_t get(std::uint32_t slot) const { return slot < code.size() ? code[slot] : 0; }
 
-  void put(std::uint32_t slot, const std::string& value, std::size_t slots) {
-    auto [it, inserted] = ids.try_emplace(value, static_cast<std::uint32_t>(values.size()));
-    if (inserted) {
-      values.push_back(value);
-      counts.push_back(0);
-      if (postings_on) postings.emplace_back();
-      if (values.size() > kMaxPostingValues && postings_on) {
+  std::uint32_t intern(std::string_view value) {
+    if (auto it = ids.find(value); it != ids.end()) return it->second;
+    const auto id = static_cast<std::uint32_t>(values.size());
+    values.emplace_back(value);
+    ids.emplace(values.back(), id);
+    counts.push_back(0);
+    if (postings_on) {
+      postings.emplace_back();
+      if (values.size() > kMaxPostingValues) {
         postings_on = false;
         postings.clear();
         postings.shrink_to_fit();
       }
     }
-    if (slot >= value_of.size()) value_of.resize(std::max<std::size_t>(slots, slot + 1), 0);
-    value_of[slot] = it->second + 1;
-    ++counts[it->second];
-    if (postings_on) postings[it->second].add(slot, slots);
+    return id;
+  }
+
+  // The slot must hold no value.
+  void set(std::uint32_t slot, std::uint32_t id, std::size_t slots) {
+    if (slot >= code.size()) code.resize(std::max<std::size_t>(slots, slot + 1), 0);
+    code[slot] = id + 1;
+    ++counts[id];
+    ++present;
+    if (postings_on) postings[id].add(slot, slots);
   }
 
   void clear(std::uint32_t slot) {
     const std::uint32_t v = get(slot);
     if (v == 0) return;
-    value_of[slot] = 0;
+    code[slot] = 0;
     --counts[v - 1];
+    --present;
     if (postings_on) postings[v - 1].remove(slot);
   }
 
   std::size_t bytes() const {
-    std::size_t n = value_of.capacity() * sizeof(std::uint32_t) + counts.capacity() * sizeof(std::uint64_t);
+    std::size_t n = code.capacity() * sizeof(std::uint32_t) + counts.capacity() * sizeof(std::uint64_t);
     for (const auto& v : values) n += v.capacity() + sizeof(std::string) + 32;
     for (const auto& p : postings) n += p.bytes() + sizeof(Posting);
     return n;
   }
 };
 
-// Numbers and times.
+// Numbers and times: a column of doubles (NaN: absent) and, once a query needed it, the value
+// order, kept up to date from then on.
 struct NumberColumn {
+  FieldType type = FieldType::number;
+  FactPart part = FactPart::record;
   std::vector<double> value_of;
+  std::uint64_t present = 0;
+  std::uint64_t touched = 0;
+  mutable Ordered order;
+  mutable bool ordered = false;
+
   double get(std::uint32_t slot) const { return slot < value_of.size() ? value_of[slot] : kAbsent; }
-  void put(std::uint32_t slot, double v, std::size_t slots) {
+
+  // The slot must hold no value.
+  void set(std::uint32_t slot, double v, std::size_t slots) {
     if (slot >= value_of.size()) value_of.resize(std::max<std::size_t>(slots, slot + 1), kAbsent);
     value_of[slot] = v;
+    ++present;
+    if (ordered) order.insert(v, slot);
   }
+
   void clear(std::uint32_t slot) {
-    if (slot < value_of.size()) value_of[slot] = kAbsent;
+    if (slot >= value_of.size() || std::isnan(value_of[slot])) return;
+    if (ordered) order.erase(value_of[slot], slot);
+    value_of[slot] = kAbsent;
+    --present;
   }
+
+  const Ordered& sorted() const {
+    if (!ordered) {
+      std::vector<std::pair<double, std::uint32_t>> entries;
+      entries.reserve(present);
+      for (std::size_t s = 0; s < value_of.size(); ++s) {
+        if (!std::isnan(value_of[s])) entries.emplace_back(value_of[s], static_cast<std::uint32_t>(s));
+      }
+      order.build(std::move(entries));
+      ordered = true;
+    }
+    return order;
+  }
+
+  std::size_t bytes() const { return value_of.capacity() * sizeof(double) + (ordered ? order.bytes() : 0); }
 };
 
-// Multi-valued fields and the versions of one installed package: a posting per value.
+// A multi-valued field (tag, group) or the versions of one installed package: a posting per
+// value, held in the index's entry table.
 struct MultiColumn {
-  std::string package;  // for software columns: the package whose versions these are
+  std::string field;    // "tag", "group", "software.openssl"
+  std::string package;  // for software columns: the package, e.g. "openssl"
+  FactPart part = FactPart::record;
   std::vector<std::string> values;
-  std::unordered_map<std::string, std::uint32_t> ids;
-  std::vector<Posting> postings;
-  std::uint32_t put(std::uint32_t slot, const std::string& value, std::size_t slots) {
-    auto [it, inserted] = ids.try_emplace(value, static_cast<std::uint32_t>(values.size()));
-    if (inserted) {
-      values.push_back(value);
-      postings.emplace_back();
+  std::vector<std::uint32_t> entry;  // value id -> entry id
+  StringMap<std::uint32_t> ids;      // value -> value id, once past kLinearDictionary values
+
+  // The value id of `value`, or values.size() when unknown.
+  std::uint32_t find(std::string_view value) const {
+    if (values.size() <= kLinearDictionary) {
+      for (std::size_t i = 0; i < values.size(); ++i) {
+        if (values[i] == value) return static_cast<std::uint32_t>(i);
+      }
+      return static_cast<std::uint32_t>(values.size());
     }
-    postings[it->second].add(slot, slots);
-    return it->second;
+    auto it = ids.find(value);
+    return it == ids.end() ? static_cast<std::uint32_t>(values.size()) : it->second;
   }
+
   std::size_t bytes() const {
-    std::size_t n = 0;
-    for (const auto& v : values) n += v.capacity() + sizeof(std::string) + 32;
-    for (const auto& p : postings) n += p.bytes() + sizeof(Posting);
+    std::size_t n = field.capacity() + package.capacity() + entry.capacity() * sizeof(std::uint32_t) + 128;
+    for (const auto& v : values) n += v.capacity() + sizeof(std::string) + (ids.empty() ? 0 : 48);
     return n;
   }
 };
 
-// The numeric value of a predicate operand for a number or time field.
+// One (multi-valued column, value) pair and its posting.
+struct Entry {
+  MultiColumn* column = nullptr;
+  std::uint32_t value = 0;
+  Posting posting;
+};
+
+// A number or time predicate as an interval; NaN (absent) is never inside.
+struct Range {
+  double lo = -kInf, hi = kInf;
+  bool lo_in = true, hi_in = true;
+  bool valid = true;  // false: an operand that is not a value of the field's type matches nothing
+
+  bool operator()(double x) const { return (lo_in ? x >= lo : x > lo) && (hi_in ? x <= hi : x < hi); }
+};
+
 std::optional<double> operand(FieldType type, std::string_view text, std::int64_t now_ms) {
   if (type == FieldType::time) {
     auto ms = query::resolve_time(text, now_ms);
@@ -199,61 +636,87 @@ std::optional<double> operand(FieldType type, std::string_view text, std::int64_
   return query::parse_number(text);
 }
 
-// A predicate on a number or time column, with its operands parsed once.
-struct NumericTest {
-  Op op = Op::eq;
-  double value = 0;
-  std::optional<double> low, high;
-  bool low_inclusive = true, high_inclusive = true;
-  bool valid = true;
-
-  NumericTest(const Predicate& p, std::int64_t now_ms) : op(p.op) {
-    if (op == Op::range) {
-      low_inclusive = p.low_inclusive;
-      high_inclusive = p.high_inclusive;
+Range make_range(const Predicate& p, std::int64_t now_ms) {
+  Range r;
+  auto value = [&](std::string_view text, double& out) {
+    if (auto v = operand(p.info.type, text, now_ms)) {
+      out = *v;
+    } else {
+      r.valid = false;
+    }
+  };
+  switch (p.op) {
+    case Op::eq:
+      value(p.value, r.lo);
+      r.hi = r.lo;
+      break;
+    case Op::lt:
+      value(p.value, r.hi);
+      r.hi_in = false;
+      break;
+    case Op::le: value(p.value, r.hi); break;
+    case Op::gt:
+      value(p.value, r.lo);
+      r.lo_in = false;
+      break;
+    case Op::ge: value(p.value, r.lo); break;
+    case Op::range:
       if (p.low) {
-        low = operand(p.info.type, *p.low, now_ms);
-        valid = valid && low.has_value();
+        value(*p.low, r.lo);
+        r.lo_in = p.low_inclusive;
       }
       if (p.high) {
-        high = operand(p.info.type, *p.high, now_ms);
-        valid = valid && high.has_value();
+        value(*p.high, r.hi);
+        r.hi_in = p.high_inclusive;
       }
-    } else if (op != Op::exists && op != Op::wildcard) {
-      auto v = operand(p.info.type, p.value, now_ms);
-      valid = v.has_value();
-      value = v.value_or(0);
-    }
+      break;
+    case Op::exists: break;
+    case Op::wildcard: r.valid = false; break;  // not allowed on numbers by the parser
   }
-  bool operator()(double v) const {
-    if (std::isnan(v) || !valid) return false;
-    switch (op) {
-      case Op::eq: return v == value;
-      case Op::lt: return v < value;
-      case Op::le: return v <= value;
-      case Op::gt: return v > value;
-      case Op::ge: return v >= value;
-      case Op::exists: return true;
-      case Op::range:
-        if (low && (low_inclusive ? v < *low : v <= *low)) return false;
-        if (high && (high_inclusive ? v > *high : v >= *high)) return false;
-        return true;
-      case Op::wildcard: return false;
-    }
-    return false;
-  }
-};
-
-std::string format_number(double v) {
-  if (std::isnan(v)) return {};
-  if (std::floor(v) == v && std::fabs(v) < 1e15) return fmt::format("{}", static_cast<std::int64_t>(v));
-  return fmt::format("{}", v);
+  return r;
 }
 
-bool is_number(FieldType t) { return t == FieldType::number || t == FieldType::time; }
+// Builds the words of a bitset from a column, 64 slots at a time without branches.
+template <bool LoIn, bool HiIn>
+void scan_range(const double* v, std::size_t n, double lo, double hi, std::uint64_t* out) {
+  const std::size_t full = n / 64;
+  for (std::size_t w = 0; w < full; ++w) {
+    std::uint64_t word = 0;
+    const double* x = v + w * 64;
+    for (unsigned b = 0; b < 64; ++b) {
+      const bool m = (LoIn ? x[b] >= lo : x[b] > lo) & (HiIn ? x[b] <= hi : x[b] < hi);
+      word |= static_cast<std::uint64_t>(m) << b;
+    }
+    out[w] = word;
+  }
+  std::uint64_t word = 0;
+  for (std::size_t i = full * 64; i < n; ++i) {
+    const bool m = (LoIn ? v[i] >= lo : v[i] > lo) & (HiIn ? v[i] <= hi : v[i] < hi);
+    word |= static_cast<std::uint64_t>(m) << (i % 64);
+  }
+  if (n % 64 != 0) out[full] = word;
+}
 
-const std::vector<std::string> kDefaultProjection{"kind",       "online",           "os.name",
-                                                  "os.version", "firmware.version", "last_seen"};
+// A query node compiled against the columns: how to collect its matches or test one slot, and
+// what each costs (roughly ns), for the planner.
+struct Plan {
+  enum class How { all, and_, or_, not_, nothing, id_lookup, id_scan, text, number, postings };
+  const Node* node = nullptr;
+  How how = How::nothing;
+  std::vector<Plan> children;
+  const TextColumn* text = nullptr;
+  std::vector<std::uint8_t> hit;          // text: by code (value id + 1); hit[0] = 0
+  std::vector<std::uint32_t> hit_values;  // text: the matching value ids
+  const NumberColumn* number = nullptr;
+  Range range;
+  std::size_t rank_from = 0, rank_to = 0;  // number: the matching ranks of the value order
+  std::vector<const Posting*> postings;    // postings: those of the matching values
+  std::size_t values_total = 0;            // distinct values considered (for the plan text)
+  bool software = false;
+  std::uint32_t id_slot = 0;
+  std::uint64_t est = 0;  // matches: exact for text, number and id; an upper bound otherwise
+  double test_cost = 0, collect_cost = 0;
+};
 
 }  // namespace
 
@@ -267,262 +730,704 @@ FactPart part_of(std::string_view field) {
 
 struct FleetIndex::Impl {
   std::vector<std::string> slot_id;
-  std::unordered_map<std::string, std::uint32_t> slot_of;
+  StringMap<std::uint32_t> slot_of;
   std::vector<std::uint32_t> free_slots;
   SlotSet live;
   std::map<std::string, TextColumn, std::less<>> text;
   std::map<std::string, NumberColumn, std::less<>> numbers;
   std::map<std::string, MultiColumn, std::less<>> multi;     // tag, group
   std::map<std::string, MultiColumn, std::less<>> software;  // package -> its versions
-  // Per slot: the multi-valued entries it holds, to remove them on update.
-  struct MultiEntry {
-    MultiColumn* column;
-    std::uint32_t value;
-    FactPart part;
+  std::vector<Entry> entries;
+  // Per slot: the entries it is in (tags and groups; installed packages).
+  std::vector<std::vector<std::uint32_t>> multi_of, software_of;
+  std::array<std::vector<TextColumn*>, 3> text_parts;
+  std::array<std::vector<NumberColumn*>, 3> number_parts;
+
+  // What a fact's field name is stored in, resolved once per distinct name.
+  struct Ref {
+    TextColumn* text = nullptr;
+    NumberColumn* number = nullptr;
+    MultiColumn* multi = nullptr;
+    bool software = false;
+    FactPart part = FactPart::record;
   };
-  std::vector<std::vector<MultiEntry>> slot_multi;
+  StringMap<Ref> resolved;
+  StringMap<const Ref*> packages;  // package name -> what software.<package> resolves to
+  std::uint64_t generation = 0;
+  // Scratch of apply().
+  std::vector<std::uint32_t> new_multi, new_software, old_list;
 
   std::size_t slots() const { return slot_id.size(); }
 
-  void clear_slot(std::uint32_t slot, std::optional<FactPart> part) {
-    for (auto& [name, c] : text) {
-      if (!part || (part_of(name) == *part && name != "id")) c.clear(slot);
+  const Ref& resolve(std::string_view field) {
+    if (auto it = resolved.find(field); it != resolved.end()) return it->second;
+    Ref r;
+    r.part = part_of(field);
+    auto info = query::find_field(field);
+    if (info && field != "id" && field != "software.name") {
+      if (info->family && field.starts_with("software.")) {
+        auto [it, inserted] = software.try_emplace(std::string(field.substr(9)));
+        if (inserted) {
+          it->second.field = std::string(field);
+          it->second.package = it->first;
+          it->second.part = FactPart::inventory;
+        }
+        r.multi = &it->second;
+        r.software = true;
+      } else if (info->multi) {
+        auto [it, inserted] = multi.try_emplace(std::string(field));
+        if (inserted) {
+          it->second.field = std::string(field);
+          it->second.part = r.part;
+        }
+        r.multi = &it->second;
+      } else if (is_number(info->type)) {
+        auto [it, inserted] = numbers.try_emplace(std::string(field));
+        if (inserted) {
+          it->second.type = info->type;
+          it->second.part = r.part;
+          number_parts[static_cast<std::size_t>(r.part)].push_back(&it->second);
+        }
+        r.number = &it->second;
+      } else {
+        auto [it, inserted] = text.try_emplace(std::string(field));
+        if (inserted) {
+          it->second.type = info->type;
+          it->second.part = r.part;
+          text_parts[static_cast<std::size_t>(r.part)].push_back(&it->second);
+        }
+        r.text = &it->second;
+      }
     }
-    for (auto& [name, c] : numbers) {
-      if (!part || part_of(name) == *part) c.clear(slot);
-    }
-    if (slot < slot_multi.size()) {
-      auto& entries = slot_multi[slot];
-      std::erase_if(entries, [&](const MultiEntry& e) {
-        if (part && e.part != *part) return false;
-        e.column->postings[e.value].remove(slot);
-        return true;
-      });
-      if (entries.empty()) entries.shrink_to_fit();
-    }
+    return resolved.emplace(std::string(field), r).first->second;
   }
 
-  std::uint32_t slot_for(const std::string& id) {
-    if (auto it = slot_of.find(id); it != slot_of.end()) return it->second;
+  std::uint32_t entry_for(MultiColumn& c, std::string_view value) {
+    const std::uint32_t v = c.find(value);
+    if (v < c.values.size()) return c.entry[v];
+    c.values.emplace_back(value);
+    if (c.values.size() > kLinearDictionary) {
+      if (c.ids.empty()) {
+        for (std::size_t i = 0; i < c.values.size(); ++i) c.ids.emplace(c.values[i], static_cast<std::uint32_t>(i));
+      } else {
+        c.ids.emplace(c.values.back(), v);
+      }
+    }
+    const auto e = static_cast<std::uint32_t>(entries.size());
+    c.entry.push_back(e);
+    entries.push_back({&c, v, Posting()});
+    return e;
+  }
+
+  // The slot of a device, created when new (second: true).
+  std::pair<std::uint32_t, bool> slot_for(std::string_view id) {
+    if (auto it = slot_of.find(id); it != slot_of.end()) return {it->second, false};
     std::uint32_t slot = 0;
     if (!free_slots.empty()) {
       slot = free_slots.back();
       free_slots.pop_back();
-      slot_id[slot] = id;
+      slot_id[slot] = std::string(id);
     } else {
       slot = static_cast<std::uint32_t>(slot_id.size());
-      slot_id.push_back(id);
+      slot_id.emplace_back(id);
+      multi_of.emplace_back();
+      software_of.emplace_back();
     }
-    slot_of.emplace(id, slot);
+    slot_of.emplace(std::string(id), slot);
     live.set(slot);
-    insert(slot, "id", id);
-    return slot;
+    return {slot, true};
   }
 
-  void insert(std::uint32_t slot, const std::string& field, const std::string& value) {
-    auto info = query::find_field(field);
-    if (!info) return;
-    if (field == "software.name") return;  // derived from the software.<package> entries
-    if (slot >= slot_multi.size()) slot_multi.resize(slot + 1);
-    if (info->family && field.starts_with("software.")) {
-      auto& column = software[field.substr(9)];
-      if (column.package.empty()) column.package = field.substr(9);
-      slot_multi[slot].push_back({&column, column.put(slot, value, slots()), FactPart::inventory});
-      return;
+  // Replaces the facts of one part of a device (or of all parts) with those it is given, as they
+  // arrive. Single-valued columns are only touched where the value changes; the entries of a slot
+  // that held none of that kind (every slot while loading) are added as they come, without the
+  // sorted difference an update needs.
+  class Applier final : public FactSink {
+   public:
+    Applier(Impl& m, std::string_view id, std::optional<FactPart> part) : m_(m), part_(part) {
+      const auto [slot, fresh] = m.slot_for(id);
+      slot_ = slot;
+      fresh_ = fresh;
+      n_ = m.slots();
+      ++m.generation;
+      m.new_multi.clear();
+      m.new_software.clear();
+      direct_multi_ = m.multi_of[slot].empty();
+      direct_software_ = m.software_of[slot].empty();
     }
-    if (info->multi) {
-      auto& column = multi[field];
-      slot_multi[slot].push_back({&column, column.put(slot, value, slots()), part_of(field)});
-      return;
-    }
-    if (is_number(info->type)) {
-      if (auto v = query::parse_number(value)) numbers[field].put(slot, *v, slots());
-      return;
-    }
-    auto [it, inserted] = text.try_emplace(field);
-    if (inserted) {
-      it->second.type = info->type;
-      if (field == "id") {
-        it->second.postings_on = false;  // one value per device: the slot map answers id:X
+
+    void add(std::string_view field, std::string_view value) override { take(m_.resolve(field), value); }
+
+    void add_package(std::string_view package, std::string_view version) override {
+      if (part_ && *part_ != FactPart::inventory) return;
+      auto it = m_.packages.find(package);
+      if (it == m_.packages.end()) {
+        std::string field;
+        field.reserve(9 + package.size());
+        field.append("software.").append(package);
+        it = m_.packages.emplace(std::string(package), &m_.resolve(field)).first;
       }
+      take(*it->second, version);
     }
-    it->second.put(slot, value, slots());
-  }
 
-  // Slots matching one predicate, evaluated over all live slots or only `candidates`.
-  SlotSet eval_predicate(const Predicate& p, std::int64_t now_ms, const SlotSet* candidates, std::string* how) const {
-    SlotSet out;
-    out.resize(slots());
-    const std::string& field = p.field;
-    auto note = [&](std::string what) {
-      if (how != nullptr) *how = std::move(what);
-    };
-    if (field == "id" && p.op == Op::eq) {
-      if (auto it = slot_of.find(p.value); it != slot_of.end()) out.set(it->second);
-      note("slot map lookup");
-      return out;
-    }
-    if (field == "software.name" || (p.info.family && field.starts_with("software."))) {
-      const bool by_name = field == "software.name";
-      std::size_t used = 0;
-      auto visit = [&](const std::string& package, const MultiColumn& versions) {
-        if (by_name && !query::value_matches(p, package, now_ms)) return;
-        for (std::size_t v = 0; v < versions.values.size(); ++v) {
-          if (by_name || query::value_matches(p, versions.values[v], now_ms)) {
-            versions.postings[v].add_to(out);
-            ++used;
+    void finish() {
+      if (!fresh_) {
+        for (std::size_t p = 0; p < 3; ++p) {
+          if (part_ && static_cast<std::size_t>(*part_) != p) continue;
+          for (TextColumn* c : m_.text_parts[p]) {
+            if (c->touched != m_.generation) c->clear(slot_);
           }
-        }
-      };
-      if (by_name) {
-        for (const auto& [package, versions] : software) visit(package, versions);
-      } else if (auto it = software.find(std::string_view(field).substr(9)); it != software.end()) {
-        visit(it->first, it->second);
-      }
-      note(fmt::format("software postings: {} version sets", used));
-      return out;
-    }
-    if (auto it = multi.find(field); it != multi.end()) {
-      std::size_t used = 0;
-      for (std::size_t v = 0; v < it->second.values.size(); ++v) {
-        if (query::value_matches(p, it->second.values[v], now_ms)) {
-          it->second.postings[v].add_to(out);
-          ++used;
-        }
-      }
-      note(fmt::format("postings: {} of {} values", used, it->second.values.size()));
-      return out;
-    }
-    if (auto it = numbers.find(field); it != numbers.end()) {
-      const NumericTest test(p, now_ms);
-      const auto& col = it->second;
-      if (candidates != nullptr) {
-        candidates->for_each([&](std::uint32_t s) {
-          if (test(col.get(s))) out.set(s);
-        });
-        note(fmt::format("filtered scan of {} candidates", candidates->count()));
-      } else {
-        for (std::uint32_t s = 0; s < col.value_of.size(); ++s) {
-          if (test(col.value_of[s])) out.set(s);
-        }
-        note(fmt::format("column scan of {} slots", col.value_of.size()));
-      }
-      return out;
-    }
-    if (auto it = text.find(field); it != text.end()) {
-      const auto& col = it->second;
-      // Decide each distinct value once.
-      std::vector<char> hit(col.values.size(), 0);
-      std::size_t used = 0;
-      if (p.op == Op::eq && col.type == FieldType::text) {
-        if (auto v = col.ids.find(p.value); v != col.ids.end()) {
-          hit[v->second] = 1;
-          used = 1;
-        }
-      } else {
-        for (std::size_t v = 0; v < col.values.size(); ++v) {
-          if (col.counts[v] > 0 && query::value_matches(p, col.values[v], now_ms)) {
-            hit[v] = 1;
-            ++used;
+          for (NumberColumn* c : m_.number_parts[p]) {
+            if (c->touched != m_.generation) c->clear(slot_);
           }
         }
       }
-      if (col.postings_on && candidates == nullptr) {
-        for (std::size_t v = 0; v < hit.size(); ++v) {
-          if (hit[v] != 0) col.postings[v].add_to(out);
-        }
-        note(fmt::format("postings: {} of {} values", used, col.values.size()));
-      } else if (candidates != nullptr) {
-        candidates->for_each([&](std::uint32_t s) {
-          const auto v = col.get(s);
-          if (v != 0 && hit[v - 1] != 0) out.set(s);
-        });
-        note(fmt::format("filtered scan of {} candidates", candidates->count()));
-      } else {
-        for (std::uint32_t s = 0; s < col.value_of.size(); ++s) {
-          const auto v = col.value_of[s];
-          if (v != 0 && hit[v - 1] != 0) out.set(s);
-        }
-        note(fmt::format("column scan: {} of {} values", used, col.values.size()));
+      // Tags and groups are record facts, packages inventory facts.
+      if (!part_ || *part_ == FactPart::record) finish_entries(m_.multi_of[slot_], m_.new_multi, direct_multi_);
+      if (!part_ || *part_ == FactPart::inventory) {
+        finish_entries(m_.software_of[slot_], m_.new_software, direct_software_);
       }
-      return out;
     }
-    note("no device has this field");
-    return out;  // a field no device has: nothing matches
+
+   private:
+    void take(const Ref& r, std::string_view value) {
+      if (part_ && r.part != *part_) return;
+      if (r.text != nullptr) {
+        TextColumn& c = *r.text;
+        const std::uint32_t id = c.intern(value);
+        c.touched = m_.generation;
+        if (c.get(slot_) != id + 1) {
+          c.clear(slot_);
+          c.set(slot_, id, n_);
+        }
+      } else if (r.number != nullptr) {
+        const auto v = query::parse_number(value);
+        if (!v) return;  // not a number: no value, like NaN from a device
+        NumberColumn& c = *r.number;
+        c.touched = m_.generation;
+        if (!(c.get(slot_) == *v)) {
+          c.clear(slot_);
+          c.set(slot_, *v, n_);
+        }
+      } else if (r.multi != nullptr) {
+        const std::uint32_t e = m_.entry_for(*r.multi, value);
+        const bool direct = r.software ? direct_software_ : direct_multi_;
+        auto& scratch = r.software ? m_.new_software : m_.new_multi;
+        if (!direct || m_.entries[e].posting.add(slot_, n_)) scratch.push_back(e);
+      }
+    }
+
+    void finish_entries(std::vector<std::uint32_t>& current, std::vector<std::uint32_t>& scratch, bool direct) {
+      if (direct) {
+        current.assign(scratch.begin(), scratch.end());  // added already; one allocation of the right size
+      } else {
+        m_.replace_entries(slot_, current, scratch);
+      }
+    }
+
+    Impl& m_;
+    std::optional<FactPart> part_;
+    std::uint32_t slot_ = 0;
+    bool fresh_ = false;
+    std::size_t n_ = 0;
+    bool direct_multi_ = false, direct_software_ = false;
+  };
+
+  void apply(const DeviceFacts& facts, std::optional<FactPart> part) {
+    Applier a(*this, facts.id, part);
+    for (const auto& [field, value] : facts.values) a.add(field, value);
+    a.finish();
   }
 
-  // Whether a predicate is answered from postings (cheap regardless of fleet size).
-  bool has_postings(const Predicate& p) const {
-    if (p.field == "id" && p.op == Op::eq) return true;
-    if (p.field == "software.name" || (p.info.family && p.field.starts_with("software.")) || multi.contains(p.field)) {
-      return true;
+  void replace_entries(std::uint32_t slot, std::vector<std::uint32_t>& current, std::vector<std::uint32_t>& wanted) {
+    std::sort(wanted.begin(), wanted.end());
+    wanted.erase(std::unique(wanted.begin(), wanted.end()), wanted.end());
+    old_list.assign(current.begin(), current.end());
+    std::sort(old_list.begin(), old_list.end());
+    const std::size_t n = slots();
+    auto o = old_list.begin();
+    auto w = wanted.begin();
+    while (o != old_list.end() || w != wanted.end()) {
+      if (w == wanted.end() || (o != old_list.end() && *o < *w)) {
+        entries[*o++].posting.remove(slot);
+      } else if (o == old_list.end() || *w < *o) {
+        entries[*w++].posting.add(slot, n);
+      } else {
+        ++o;
+        ++w;
+      }
     }
-    auto it = text.find(p.field);
-    return it != text.end() && it->second.postings_on;
+    current.assign(wanted.begin(), wanted.end());
+    if (current.empty()) current.shrink_to_fit();
   }
 
-  SlotSet eval(const Node& n, std::int64_t now_ms, const SlotSet* candidates, int depth,
-               std::vector<std::string>* plan) const {
-    auto line = [&](const std::string& what, const SlotSet& result) {
-      if (plan != nullptr) plan->push_back(fmt::format("{:{}}{} -> {} devices", "", depth * 2, what, result.count()));
-    };
+  void clear_slot(std::uint32_t slot) {
+    for (auto& [name, c] : text) c.clear(slot);
+    for (auto& [name, c] : numbers) c.clear(slot);
+    for (auto* list : {&multi_of[slot], &software_of[slot]}) {
+      for (auto e : *list) entries[e].posting.remove(slot);
+      list->clear();
+      list->shrink_to_fit();
+    }
+  }
+
+  // ---- Planning and evaluation ----
+
+  Plan compile(const Node& n, std::int64_t now_ms) const {
+    Plan p;
+    p.node = &n;
+    const double words = static_cast<double>(words_for(slots()));
     switch (n.kind) {
-      case Node::Kind::all: {
-        SlotSet out = live;
-        if (candidates != nullptr) out.and_with(*candidates);
-        line("ALL", out);
-        return out;
-      }
-      case Node::Kind::predicate: {
-        std::string how;
-        SlotSet out = eval_predicate(n.predicate, now_ms, candidates, &how);
-        out.and_with(live);
-        line(fmt::format("{} [{}]", query::to_string(n), how), out);
-        return out;
-      }
+      case Node::Kind::all:
+        p.how = Plan::How::all;
+        p.est = slot_of.size();
+        p.collect_cost = words / 4;
+        return p;
+      case Node::Kind::predicate: compile_predicate(n.predicate, now_ms, p); return p;
       case Node::Kind::not_: {
-        std::vector<std::string> sub;
-        SlotSet inner = eval(n.children.front(), now_ms, candidates, depth + 1, plan != nullptr ? &sub : nullptr);
-        SlotSet out = live;
-        if (candidates != nullptr) out.and_with(*candidates);
-        out.and_not(inner);
-        line("NOT", out);
-        if (plan != nullptr) plan->insert(plan->end(), sub.begin(), sub.end());
-        return out;
+        p.how = Plan::How::not_;
+        p.children.push_back(compile(n.children.front(), now_ms));
+        const Plan& c = p.children.front();
+        p.est = slot_of.size() - std::min<std::uint64_t>(slot_of.size(), c.est);
+        p.test_cost = c.test_cost;
+        p.collect_cost = c.collect_cost + words / 2;
+        return p;
       }
+      case Node::Kind::and_:
       case Node::Kind::or_: {
-        std::vector<std::string> sub;
-        SlotSet out;
-        out.resize(slots());
-        for (const auto& c : n.children)
-          out.or_with(eval(c, now_ms, candidates, depth + 1, plan != nullptr ? &sub : nullptr));
-        line("OR", out);
-        if (plan != nullptr) plan->insert(plan->end(), sub.begin(), sub.end());
-        return out;
-      }
-      case Node::Kind::and_: {
-        // Children answered from postings first; the rest only look at what survived them.
-        std::vector<const Node*> order;
-        for (const auto& c : n.children) order.push_back(&c);
-        std::stable_partition(order.begin(), order.end(), [&](const Node* c) {
-          return c->kind == Node::Kind::predicate && has_postings(c->predicate);
-        });
-        std::vector<std::string> sub;
-        std::optional<SlotSet> acc;
-        if (candidates != nullptr) acc = *candidates;
-        for (const Node* c : order) {
-          const bool indexed = c->kind == Node::Kind::predicate && has_postings(c->predicate);
-          SlotSet part = eval(*c, now_ms, indexed || !acc ? candidates : &*acc, depth + 1,
-                              plan != nullptr ? &sub : nullptr);
-          if (acc) acc->and_with(part);
-          else acc = std::move(part);
+        const bool is_and = n.kind == Node::Kind::and_;
+        p.how = is_and ? Plan::How::and_ : Plan::How::or_;
+        p.est = is_and ? slot_of.size() : 0;
+        double cheapest = std::numeric_limits<double>::infinity();
+        for (const auto& child : n.children) {
+          p.children.push_back(compile(child, now_ms));
+          const Plan& c = p.children.back();
+          p.est = is_and ? std::min(p.est, c.est) : p.est + c.est;
+          p.test_cost += c.test_cost;
+          if (is_and) {
+            cheapest = std::min(cheapest, c.collect_cost);
+          } else {
+            p.collect_cost += c.collect_cost + words / 4;
+          }
         }
-        line("AND", *acc);
-        if (plan != nullptr) plan->insert(plan->end(), sub.begin(), sub.end());
-        return std::move(*acc);
+        if (is_and) p.collect_cost = cheapest + static_cast<double>(p.est) * p.test_cost;
+        p.est = std::min<std::uint64_t>(p.est, slot_of.size());
+        return p;
       }
     }
-    return {};
+    return p;
+  }
+
+  void compile_predicate(const Predicate& pred, std::int64_t now_ms, Plan& p) const {
+    const std::string& field = pred.field;
+    const double words = static_cast<double>(words_for(slots()));
+    const std::uint64_t live_n = slot_of.size();
+    if (field == "id") {
+      if (pred.op == Op::eq) {
+        p.how = Plan::How::id_lookup;
+        if (auto it = slot_of.find(pred.value); it != slot_of.end()) {
+          p.id_slot = it->second;
+          p.est = 1;
+        }
+        p.test_cost = 1;
+        p.collect_cost = 1;
+      } else {
+        p.how = Plan::How::id_scan;
+        p.est = live_n;
+        p.test_cost = 40;
+        p.collect_cost = 40 * static_cast<double>(live_n);
+      }
+      return;
+    }
+    auto add_postings = [&](const MultiColumn& c, bool all_values) {
+      for (std::size_t v = 0; v < c.values.size(); ++v) {
+        const Posting& posting = entries[c.entry[v]].posting;
+        if (posting.count() == 0) continue;
+        if (all_values || query::value_matches(pred, c.values[v], now_ms)) {
+          p.postings.push_back(&posting);
+          p.est += posting.count();
+          p.test_cost += posting.test_cost();
+          p.collect_cost += posting.visit_cost();
+        }
+      }
+      p.values_total += c.values.size();
+    };
+    if (field == "software.name" || (pred.info.family && field.starts_with("software."))) {
+      p.how = Plan::How::postings;
+      p.software = true;
+      if (field == "software.name") {
+        for (const auto& [package, versions] : software) {
+          if (query::value_matches(pred, package, now_ms)) add_postings(versions, true);
+        }
+      } else if (auto it = software.find(std::string_view(field).substr(9)); it != software.end()) {
+        add_postings(it->second, false);
+      }
+    } else if (auto mit = multi.find(field); mit != multi.end()) {
+      p.how = Plan::How::postings;
+      add_postings(mit->second, false);
+    } else if (auto nit = numbers.find(field); nit != numbers.end()) {
+      p.how = Plan::How::number;
+      p.number = &nit->second;
+      p.range = make_range(pred, now_ms);
+      p.test_cost = 2;
+      if (p.range.valid) {
+        const Ordered& o = nit->second.sorted();
+        p.rank_from = o.rank(p.range.lo, !p.range.lo_in);
+        p.rank_to = std::max(p.rank_from, o.rank(p.range.hi, p.range.hi_in));
+        p.est = p.rank_to - p.rank_from;
+      }
+      const double n = static_cast<double>(p.est);
+      p.collect_cost = sparse_size(p.est, slots()) ? n * (3 + log2_of(p.est))
+                                                   : std::min(n * 3, static_cast<double>(slots()));
+    } else if (auto tit = text.find(field); tit != text.end()) {
+      const TextColumn& c = tit->second;
+      p.how = Plan::How::text;
+      p.text = &c;
+      p.hit.assign(c.values.size() + 1, 0);
+      p.values_total = c.values.size();
+      auto take = [&](std::uint32_t v) {
+        p.hit[v + 1] = 1;
+        p.hit_values.push_back(v);
+        p.est += c.counts[v];
+        p.collect_cost += c.postings_on ? c.postings[v].visit_cost() : 0;
+      };
+      if (pred.op == Op::eq && c.type == FieldType::text) {
+        if (auto v = c.ids.find(pred.value); v != c.ids.end() && c.counts[v->second] > 0) take(v->second);
+      } else {
+        for (std::size_t v = 0; v < c.values.size(); ++v) {
+          if (c.counts[v] > 0 && query::value_matches(pred, c.values[v], now_ms)) take(static_cast<std::uint32_t>(v));
+        }
+      }
+      p.test_cost = 2;
+      if (!c.postings_on) p.collect_cost = 1.5 * static_cast<double>(slots());
+    } else {
+      p.how = Plan::How::nothing;
+    }
+    if (p.how == Plan::How::postings || (p.how == Plan::How::text && p.hit_values.size() > 1)) {
+      if (sparse_size(p.est, slots())) {
+        p.collect_cost += static_cast<double>(p.est) * 2;  // sorting the merged lists
+      } else {
+        p.collect_cost += words / 2;
+      }
+    }
+    p.est = std::min(p.est, live_n);
+  }
+
+  Sel live_sel() const {
+    SlotSet bits = live;
+    bits.resize(slots());
+    return sel_from_bits(std::move(bits), slot_of.size(), slots());
+  }
+
+  Sel union_of(const std::vector<const Posting*>& postings, std::uint64_t est, bool distinct) const {
+    const std::size_t n = slots();
+    if (postings.empty()) return {};
+    if (postings.size() == 1) return sel_of_posting(*postings.front(), n);
+    if (sparse_size(est, n)) {
+      std::vector<std::uint32_t> list;
+      list.reserve(est);
+      for (const Posting* p : postings) p->for_each([&](std::uint32_t s) { list.push_back(s); });
+      std::sort(list.begin(), list.end());
+      if (!distinct) list.erase(std::unique(list.begin(), list.end()), list.end());
+      return sel_from_list(std::move(list), n);
+    }
+    SlotSet bits;
+    bits.resize(n);
+    for (const Posting* p : postings) {
+      if (const SlotSet* d = p->dense()) {
+        bits.or_with(*d);
+      } else {
+        for (auto s : p->sparse()) bits.set(s);
+      }
+    }
+    const auto count = bits.count();
+    return sel_from_bits(std::move(bits), count, n);
+  }
+
+  // Every match of a predicate, over the whole fleet; `how` names the strategy.
+  Sel collect(const Plan& p, std::string& how) const {
+    const std::size_t n = slots();
+    switch (p.how) {
+      case Plan::How::id_lookup: {
+        how = "slot map lookup";
+        Sel r;
+        if (p.est == 1) {
+          r.list.push_back(p.id_slot);
+          r.n = 1;
+        }
+        return r;
+      }
+      case Plan::How::id_scan: {
+        how = fmt::format("id scan of {} devices", slot_of.size());
+        std::vector<std::uint32_t> list;
+        live.for_each([&](std::uint32_t s) {
+          if (query::value_matches(p.node->predicate, slot_id[s], 0)) list.push_back(s);
+        });
+        return sel_from_list(std::move(list), n);
+      }
+      case Plan::How::text: {
+        const TextColumn& c = *p.text;
+        if (c.postings_on) {
+          how = fmt::format("postings: {} of {} values", p.hit_values.size(), p.values_total);
+          std::vector<const Posting*> ps;
+          ps.reserve(p.hit_values.size());
+          for (auto v : p.hit_values) ps.push_back(&c.postings[v]);
+          return union_of(ps, p.est, true);
+        }
+        how = fmt::format("column scan: {} of {} values", p.hit_values.size(), p.values_total);
+        SlotSet bits;
+        bits.resize(n);
+        auto& words = bits.words();
+        const std::size_t len = std::min(c.code.size(), n);
+        const std::uint32_t* code = c.code.data();
+        const std::uint8_t* hit = p.hit.data();
+        for (std::size_t w = 0; w < len / 64; ++w) {
+          std::uint64_t word = 0;
+          for (unsigned b = 0; b < 64; ++b) word |= static_cast<std::uint64_t>(hit[code[w * 64 + b]]) << b;
+          words[w] = word;
+        }
+        for (std::size_t s = len / 64 * 64; s < len; ++s) {
+          if (hit[code[s]] != 0) bits.set(static_cast<std::uint32_t>(s));
+        }
+        return sel_from_bits(std::move(bits), p.est, n);
+      }
+      case Plan::How::number: {
+        const NumberColumn& c = *p.number;
+        if (!p.range.valid || p.est == 0) {
+          how = "value order: 0 entries";
+          return {};
+        }
+        if (sparse_size(p.est, n)) {
+          how = fmt::format("value order: {} entries", p.est);
+          std::vector<std::uint32_t> list;
+          list.reserve(p.est);
+          c.order.visit(p.rank_from, p.rank_to, false, [&](double, std::uint32_t s) {
+            list.push_back(s);
+            return true;
+          });
+          std::sort(list.begin(), list.end());
+          return sel_from_list(std::move(list), n);
+        }
+        SlotSet bits;
+        bits.resize(n);
+        if (p.est * 3 <= n) {
+          how = fmt::format("value order: {} entries", p.est);
+          c.order.visit(p.rank_from, p.rank_to, false, [&](double, std::uint32_t s) {
+            bits.set(s);
+            return true;
+          });
+        } else {
+          how = fmt::format("column scan of {} slots", c.value_of.size());
+          const std::size_t len = std::min(c.value_of.size(), n);
+          const Range& r = p.range;
+          auto* out = bits.words().data();
+          if (r.lo_in && r.hi_in) scan_range<true, true>(c.value_of.data(), len, r.lo, r.hi, out);
+          else if (r.lo_in) scan_range<true, false>(c.value_of.data(), len, r.lo, r.hi, out);
+          else if (r.hi_in) scan_range<false, true>(c.value_of.data(), len, r.lo, r.hi, out);
+          else scan_range<false, false>(c.value_of.data(), len, r.lo, r.hi, out);
+        }
+        return sel_from_bits(std::move(bits), p.est, n);
+      }
+      case Plan::How::postings: {
+        how = p.software ? fmt::format("software postings: {} version sets", p.postings.size())
+                         : fmt::format("postings: {} of {} values", p.postings.size(), p.values_total);
+        return union_of(p.postings, p.est, false);
+      }
+      default: how = "no device has this field"; return {};
+    }
+  }
+
+  // The candidates that match a predicate, testing each.
+  Sel filter_predicate(const Plan& p, const Sel& cand) const {
+    const std::size_t n = slots();
+    switch (p.how) {
+      case Plan::How::id_lookup: {
+        const bool found = p.est == 1;
+        return filter(
+            cand, [&](std::uint32_t s) { return found && s == p.id_slot; }, n);
+      }
+      case Plan::How::id_scan:
+        return filter(
+            cand, [&](std::uint32_t s) { return query::value_matches(p.node->predicate, slot_id[s], 0); }, n);
+      case Plan::How::text: {
+        const auto& code = p.text->code;
+        const std::uint8_t* hit = p.hit.data();
+        return filter(
+            cand, [&](std::uint32_t s) { return s < code.size() && hit[code[s]] != 0; }, n);
+      }
+      case Plan::How::number: {
+        if (!p.range.valid) return {};
+        const auto& values = p.number->value_of;
+        const Range r = p.range;
+        return filter(
+            cand, [&](std::uint32_t s) { return s < values.size() && r(values[s]); }, n);
+      }
+      case Plan::How::postings:
+        return filter(
+            cand,
+            [&](std::uint32_t s) {
+              for (const Posting* posting : p.postings) {
+                if (posting->test(s)) return true;
+              }
+              return false;
+            },
+            n);
+      default: return {};
+    }
+  }
+
+  // Slots matching the plan; only among `cand` when given (the result is then a subset of it).
+  Sel exec(const Plan& p, const Sel* cand, int depth, std::vector<std::string>* lines) const {
+    const std::size_t n = slots();
+    auto line = [&](std::string what, std::uint64_t count) {
+      if (lines != nullptr) lines->push_back(fmt::format("{:{}}{} -> {} devices", "", depth * 2, what, count));
+    };
+    switch (p.how) {
+      case Plan::How::all: {
+        Sel r = cand != nullptr ? *cand : live_sel();
+        line("ALL", r.n);
+        return r;
+      }
+      case Plan::How::not_: {
+        std::vector<std::string> sub;
+        Sel inner = exec(p.children.front(), cand, depth + 1, lines != nullptr ? &sub : nullptr);
+        Sel r = subtract(cand != nullptr ? *cand : live_sel(), inner, n);
+        line("NOT", r.n);
+        if (lines != nullptr) lines->insert(lines->end(), sub.begin(), sub.end());
+        return r;
+      }
+      case Plan::How::or_: {
+        std::vector<std::string> sub;
+        Sel r;
+        for (const auto& c : p.children) r = unite(std::move(r), exec(c, cand, depth + 1, lines ? &sub : nullptr), n);
+        line("OR", r.n);
+        if (lines != nullptr) lines->insert(lines->end(), sub.begin(), sub.end());
+        return r;
+      }
+      case Plan::How::and_: {
+        // Most selective first: each child then only decides the devices that passed those
+        // before it. Without candidates, the first child is the one whose collection plus the
+        // tests of the rest on its matches is cheapest.
+        std::vector<const Plan*> order;
+        for (const auto& c : p.children) order.push_back(&c);
+        std::stable_sort(order.begin(), order.end(), [](const Plan* a, const Plan* b) { return a->est < b->est; });
+        if (cand == nullptr) {
+          double tests = 0;
+          for (const Plan* c : order) tests += c->test_cost;
+          auto cost = [&](const Plan* c) {
+            return c->collect_cost + static_cast<double>(c->est) * (tests - c->test_cost);
+          };
+          auto first = std::min_element(order.begin(), order.end(),
+                                        [&](const Plan* a, const Plan* b) { return cost(a) < cost(b); });
+          std::rotate(order.begin(), first, first + 1);
+        }
+        std::vector<std::string> sub;
+        Sel acc;
+        const Sel* current = cand;
+        for (const Plan* c : order) {
+          if (current != nullptr && current->n == 0) {
+            if (lines != nullptr) {
+              sub.push_back(fmt::format("{:{}}{} [skipped: no candidates left] -> 0 devices", "", (depth + 1) * 2,
+                                        query::to_string(*c->node)));
+            }
+            continue;
+          }
+          acc = exec(*c, current, depth + 1, lines != nullptr ? &sub : nullptr);
+          current = &acc;
+        }
+        line("AND", acc.n);
+        if (lines != nullptr) lines->insert(lines->end(), sub.begin(), sub.end());
+        return acc;
+      }
+      default: break;
+    }
+    // A predicate: with candidates, test them one by one unless collecting every match and
+    // intersecting is cheaper.
+    std::string how;
+    if (cand != nullptr) {
+      const double tests = static_cast<double>(cand->n) * p.test_cost;
+      const double intersecting = p.collect_cost +
+                                  (cand->dense ? static_cast<double>(words_for(n)) / 2 : static_cast<double>(cand->n));
+      if (tests <= intersecting) {
+        Sel r = filter_predicate(p, *cand);
+        line(fmt::format("{} [filtered scan of {} candidates]", query::to_string(*p.node), cand->n), r.n);
+        return r;
+      }
+      Sel all = collect(p, how);
+      line(fmt::format("{} [{}]", query::to_string(*p.node), how), all.n);
+      return intersect(std::move(all), *cand, n);
+    }
+    Sel r = collect(p, how);
+    line(fmt::format("{} [{}]", query::to_string(*p.node), how), r.n);
+    return r;
+  }
+
+  Sel eval(const Node& where, std::int64_t now_ms, std::vector<std::string>* lines = nullptr) const {
+    return exec(compile(where, now_ms), nullptr, 0, lines);
+  }
+
+  // The number of matches when it follows from counts alone, without collecting them.
+  std::optional<std::uint64_t> quick_count(const Plan& p) const {
+    switch (p.how) {
+      case Plan::How::all: return slot_of.size();
+      case Plan::How::text:
+      case Plan::How::number:
+      case Plan::How::id_lookup:
+      case Plan::How::nothing: return p.est;
+      case Plan::How::postings:
+        if (p.postings.size() == 1) return p.postings.front()->count();
+        if (p.postings.empty()) return 0;
+        return std::nullopt;
+      case Plan::How::not_:
+        if (auto inner = quick_count(p.children.front())) return slot_of.size() - *inner;
+        return std::nullopt;
+      default: return std::nullopt;
+    }
+  }
+
+  // Members of `postings` (of one column) among `matching` (all live devices when null),
+  // counting a device once however many of them it is in.
+  std::uint64_t union_count(const std::vector<const Posting*>& postings, const Sel* matching) const {
+    if (postings.empty()) return 0;
+    if (postings.size() == 1) {
+      const Posting& p = *postings.front();
+      if (matching == nullptr) return p.count();
+      if (!p.dense()) {
+        std::uint64_t c = 0;
+        for (auto s : p.sparse()) c += matching->test(s) ? 1 : 0;
+        return c;
+      }
+      if (!matching->dense) {
+        std::uint64_t c = 0;
+        for (auto s : matching->list) c += p.test(s) ? 1 : 0;
+        return c;
+      }
+      const auto& a = p.dense()->words();
+      const auto& b = matching->bits.words();
+      std::uint64_t c = 0;
+      for (std::size_t w = 0; w < a.size() && w < b.size(); ++w) {
+        c += static_cast<std::uint64_t>(__builtin_popcountll(a[w] & b[w]));
+      }
+      return c;
+    }
+    if (matching != nullptr && !matching->dense) {
+      std::uint64_t c = 0;
+      for (auto s : matching->list) {
+        c += std::any_of(postings.begin(), postings.end(), [&](const Posting* p) { return p->test(s); }) ? 1 : 0;
+      }
+      return c;
+    }
+    SlotSet bits;
+    bits.resize(slots());
+    for (const Posting* p : postings) {
+      if (const SlotSet* d = p->dense()) {
+        bits.or_with(*d);
+      } else {
+        for (auto s : p->sparse()) bits.set(s);
+      }
+    }
+    if (matching != nullptr) bits.and_with(matching->bits);
+    return bits.count();
   }
 
   std::string value_text(std::uint32_t slot, const std::string& field) const {
@@ -537,21 +1442,24 @@ struct FleetIndex::Impl {
       if (!joined.empty()) joined += ',';
       joined += v;
     };
-    if (slot < slot_multi.size()) {
-      std::string last_package;
-      for (const auto& e : slot_multi[slot]) {
-        if (field == "software.name" && !e.column->package.empty() && e.column->package != last_package) {
-          add(e.column->package);
-          last_package = e.column->package;
-        }
-        if (auto it = multi.find(field); it != multi.end() && e.column == &it->second) add(e.column->values[e.value]);
-        if (field.starts_with("software.")) {
-          if (auto it = software.find(std::string_view(field).substr(9));
-              it != software.end() && e.column == &it->second) {
-            add(e.column->values[e.value]);
-          }
-        }
+    if (field == "software.name") {
+      std::vector<const MultiColumn*> seen;
+      for (auto e : software_of[slot]) {
+        const MultiColumn* c = entries[e].column;
+        if (std::find(seen.begin(), seen.end(), c) != seen.end()) continue;
+        seen.push_back(c);
+        add(c->package);
       }
+      return joined;
+    }
+    const MultiColumn* column = nullptr;
+    if (auto it = multi.find(field); it != multi.end()) column = &it->second;
+    if (field.starts_with("software.")) {
+      if (auto it = software.find(std::string_view(field).substr(9)); it != software.end()) column = &it->second;
+    }
+    if (column == nullptr) return joined;
+    for (auto e : column->package.empty() ? multi_of[slot] : software_of[slot]) {
+      if (entries[e].column == column) add(column->values[entries[e].value]);
     }
     return joined;
   }
@@ -564,43 +1472,50 @@ FleetIndex& FleetIndex::operator=(FleetIndex&&) noexcept = default;
 
 std::size_t FleetIndex::size() const { return impl_->slot_of.size(); }
 
-void FleetIndex::upsert(const DeviceFacts& facts) {
-  auto& m = *impl_;
-  const std::uint32_t slot = m.slot_for(facts.id);
-  m.clear_slot(slot, std::nullopt);
-  m.insert(slot, "id", facts.id);
-  for (const auto& [field, value] : facts.values) m.insert(slot, field, value);
+void FleetIndex::upsert(const DeviceFacts& facts) { impl_->apply(facts, std::nullopt); }
+
+void FleetIndex::update(const DeviceFacts& facts, FactPart part) { impl_->apply(facts, part); }
+
+void FleetIndex::update(std::string_view id, std::optional<FactPart> part,
+                        const std::function<void(FactSink&)>& produce) {
+  Impl::Applier a(*impl_, id, part);
+  produce(a);
+  a.finish();
 }
 
-void FleetIndex::update(const DeviceFacts& facts, FactPart part) {
-  auto& m = *impl_;
-  const std::uint32_t slot = m.slot_for(facts.id);
-  m.clear_slot(slot, part);
-  for (const auto& [field, value] : facts.values) {
-    if (part_of(field) == part) m.insert(slot, field, value);
-  }
+void FactSink::add_package(std::string_view package, std::string_view version) {
+  std::string field;
+  field.reserve(9 + package.size());
+  field.append("software.").append(package);
+  add(field, version);
 }
 
 void FleetIndex::erase(std::string_view id) {
   auto& m = *impl_;
-  auto it = m.slot_of.find(std::string(id));
+  auto it = m.slot_of.find(id);
   if (it == m.slot_of.end()) return;
   const auto slot = it->second;
-  m.clear_slot(slot, std::nullopt);
+  m.clear_slot(slot);
   m.live.reset(slot);
   m.slot_id[slot].clear();
+  m.slot_id[slot].shrink_to_fit();
   m.free_slots.push_back(slot);
   m.slot_of.erase(it);
 }
 
+void FleetIndex::finish_load() {
+  for (const auto& [name, c] : impl_->numbers) (void)c.sorted();
+}
+
 std::uint64_t FleetIndex::count(const Node& where, std::int64_t now_ms) const {
-  if (where.kind == Node::Kind::all) return size();
-  return impl_->eval(where, now_ms, nullptr, 0, nullptr).count();
+  const Plan plan = impl_->compile(where, now_ms);
+  if (auto n = impl_->quick_count(plan)) return *n;
+  return impl_->exec(plan, nullptr, 0, nullptr).n;
 }
 
 std::string FleetIndex::explain(const Node& where, std::int64_t now_ms) const {
   std::vector<std::string> plan;
-  (void)impl_->eval(where, now_ms, nullptr, 0, &plan);
+  (void)impl_->eval(where, now_ms, &plan);
   std::string out;
   for (const auto& l : plan) out += l + "\n";
   return out;
@@ -612,36 +1527,73 @@ Result<std::vector<std::pair<std::string, std::uint64_t>>> FleetIndex::count_by(
   const auto& m = *impl_;
   auto info = query::find_field(field);
   if (!info) return make_error(Errc::invalid_argument, "unknown field '{}'", field);
-  const SlotSet matching = m.eval(where, now_ms, nullptr, 0, nullptr);
-  std::map<std::string, std::uint64_t> counts;
-  if (auto it = m.text.find(field); it != m.text.end()) {
-    std::vector<std::uint64_t> by_value(it->second.values.size() + 1, 0);
-    matching.for_each([&](std::uint32_t s) { ++by_value[it->second.get(s)]; });
-    for (std::size_t v = 0; v < by_value.size(); ++v) {
-      if (by_value[v] > 0) counts[v == 0 ? std::string() : it->second.values[v - 1]] += by_value[v];
+  const bool all = where.kind == Node::Kind::all;
+  Sel matching;
+  if (!all) matching = m.eval(where, now_ms);
+  const Sel* within = all ? nullptr : &matching;
+  const std::uint64_t total = all ? m.slot_of.size() : matching.n;
+  auto each = [&](auto&& f) {
+    if (all) {
+      m.live.for_each(f);
+    } else {
+      matching.for_each(f);
     }
-  } else if (field == "id") {
-    matching.for_each([&](std::uint32_t s) { ++counts[m.slot_id[s]]; });
-  } else {
-    matching.for_each([&](std::uint32_t s) {
-      std::string v = m.value_text(s, std::string(field));
-      if (info->multi || info->family) {
-        if (v.empty()) {
-          ++counts[""];
-          return;
-        }
-        std::string_view rest = v;
-        while (!rest.empty()) {
-          const auto comma = rest.find(',');
-          ++counts[std::string(rest.substr(0, comma))];
-          rest = comma == std::string_view::npos ? std::string_view{} : rest.substr(comma + 1);
-        }
-        return;
-      }
-      ++counts[v];
+  };
+  std::vector<std::pair<std::string, std::uint64_t>> out;
+  std::uint64_t with_value = 0;  // devices with at least one value
+  if (field == "id") {
+    each([&](std::uint32_t s) { out.emplace_back(m.slot_id[s], 1); });
+    with_value = total;
+  } else if (auto it = m.text.find(field); it != m.text.end()) {
+    const TextColumn& c = it->second;
+    std::vector<std::uint64_t> by_value;
+    if (all) {
+      by_value.assign(c.counts.begin(), c.counts.end());
+    } else {
+      std::vector<std::uint64_t> by_code(c.values.size() + 1, 0);
+      matching.for_each([&](std::uint32_t s) { ++by_code[c.get(s)]; });
+      by_value.assign(by_code.begin() + 1, by_code.end());
+    }
+    for (std::size_t v = 0; v < by_value.size(); ++v) {
+      if (by_value[v] == 0) continue;
+      out.emplace_back(c.values[v], by_value[v]);
+      with_value += by_value[v];
+    }
+  } else if (auto nit = m.numbers.find(field); nit != m.numbers.end()) {
+    std::unordered_map<double, std::uint64_t> by_value;
+    each([&](std::uint32_t s) {
+      const double v = nit->second.get(s);
+      if (!std::isnan(v)) ++by_value[v];
     });
+    for (const auto& [v, n] : by_value) {
+      out.emplace_back(format_number(v), n);
+      with_value += n;
+    }
+  } else if (field == "software.name") {
+    std::vector<const Posting*> ps;
+    for (const auto& [package, versions] : m.software) {
+      ps.clear();
+      for (auto e : versions.entry) ps.push_back(&m.entries[e].posting);
+      if (const auto n = m.union_count(ps, within)) out.emplace_back(package, n);
+    }
+    each([&](std::uint32_t s) { with_value += m.software_of[s].empty() ? 0 : 1; });
+  } else {
+    const MultiColumn* column = nullptr;
+    if (auto mit = m.multi.find(field); mit != m.multi.end()) column = &mit->second;
+    if (field.starts_with("software.")) {
+      if (auto sit = m.software.find(field.substr(9)); sit != m.software.end()) column = &sit->second;
+    }
+    if (column != nullptr) {
+      std::vector<const Posting*> ps;
+      for (std::size_t v = 0; v < column->values.size(); ++v) {
+        const Posting& p = m.entries[column->entry[v]].posting;
+        ps.push_back(&p);
+        if (const auto n = m.union_count({&p}, within)) out.emplace_back(column->values[v], n);
+      }
+      with_value = m.union_count(ps, within);
+    }
   }
-  std::vector<std::pair<std::string, std::uint64_t>> out(counts.begin(), counts.end());
+  if (total > with_value) out.emplace_back(std::string(), total - with_value);
   std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) {
     return a.second != b.second ? a.second > b.second : a.first < b.first;
   });
@@ -652,7 +1604,6 @@ Result<Stats> FleetIndex::stats(std::string_view field, const Node& where, std::
   const auto& m = *impl_;
   auto info = query::find_field(field);
   if (!info) return make_error(Errc::invalid_argument, "unknown field '{}'", field);
-  const SlotSet matching = m.eval(where, now_ms, nullptr, 0, nullptr);
   Stats st;
   if (!is_number(info->type)) {
     auto by = count_by(field, where, now_ms);
@@ -664,19 +1615,41 @@ Result<Stats> FleetIndex::stats(std::string_view field, const Node& where, std::
     }
     return st;
   }
+  auto it = m.numbers.find(field);
+  if (it == m.numbers.end()) return st;
+  const NumberColumn& c = it->second;
+  const bool all = where.kind == Node::Kind::all;
+  Sel matching;
+  if (!all) matching = m.eval(where, now_ms);
+  // The matching values in ascending order: walking the value order and keeping the matching
+  // slots costs O(values of the column); collecting the matching values and sorting them costs
+  // O(m log m). Take the cheaper.
   std::vector<double> values;
-  if (auto it = m.numbers.find(field); it != m.numbers.end()) {
+  const Ordered& order = c.sorted();
+  const double m_n = static_cast<double>(matching.n);
+  if (all || static_cast<double>(order.size()) <= m_n * (2 + log2_of(matching.n))) {
+    values.reserve(all ? order.size() : std::min<std::size_t>(order.size(), matching.n));
+    order.visit(0, order.size(), false, [&](double v, std::uint32_t s) {
+      if (all || matching.test(s)) values.push_back(v);
+      return true;
+    });
+  } else {
+    values.reserve(matching.n);
     matching.for_each([&](std::uint32_t s) {
-      const double v = it->second.get(s);
+      const double v = c.get(s);
       if (!std::isnan(v)) values.push_back(v);
     });
+    std::sort(values.begin(), values.end());
   }
   st.count = values.size();
   if (values.empty()) return st;
-  std::sort(values.begin(), values.end());
   st.min = values.front();
   st.max = values.back();
-  for (double v : values) st.sum += v;
+  st.distinct = 1;
+  for (std::size_t i = 0; i < values.size(); ++i) {
+    st.sum += values[i];
+    if (i > 0 && values[i] != values[i - 1]) ++st.distinct;
+  }
   st.avg = st.sum / static_cast<double>(values.size());
   auto rank = [&](double q) {
     const auto i = static_cast<std::size_t>(std::ceil(q * static_cast<double>(values.size())));
@@ -685,7 +1658,6 @@ Result<Stats> FleetIndex::stats(std::string_view field, const Node& where, std::
   st.p50 = rank(0.50);
   st.p90 = rank(0.90);
   st.p99 = rank(0.99);
-  st.distinct = static_cast<std::uint64_t>(std::unique(values.begin(), values.end()) - values.begin());
   return st;
 }
 
@@ -706,40 +1678,67 @@ Result<QueryPage> FleetIndex::query(const Node& where, const QueryOptions& optio
     if (f != "id" && !query::find_field(f))
       return make_error(Errc::invalid_argument, "--fields: unknown field '{}'", f);
   }
-  const SlotSet matching = m.eval(where, now_ms, nullptr, 0, nullptr);
-  QueryPage page;
-  page.total = matching.count();
 
   // Sort keys: numbers compare numerically, versions by version order, text by bytes; devices
   // without the field come last either way; ties by id.
   const auto num_it = m.numbers.find(sort_field);
   const auto text_it = m.text.find(sort_field);
-  const bool numeric = num_it != m.numbers.end();
-  const bool version = text_it != m.text.end() && text_it->second.type == FieldType::version;
+  const NumberColumn* numeric = num_it != m.numbers.end() ? &num_it->second : nullptr;
+  const TextColumn* textual = text_it != m.text.end() ? &text_it->second : nullptr;
+  const bool by_id = sort_field == "id";
+  const bool version = textual != nullptr && textual->type == FieldType::version;
+  // Ranks of the distinct values of a text sort column (equal values share a rank), so rows
+  // compare two integers.
+  std::vector<std::uint32_t> rank_of_code;
+  if (textual != nullptr && textual->values.size() <= kMaxRankedValues) {
+    std::vector<std::uint32_t> ids(textual->values.size());
+    for (std::uint32_t i = 0; i < ids.size(); ++i) ids[i] = i;
+    auto cmp = [&](std::uint32_t a, std::uint32_t b) {
+      return version ? query::compare_versions(textual->values[a], textual->values[b])
+                     : textual->values[a].compare(textual->values[b]);
+    };
+    std::sort(ids.begin(), ids.end(), [&](auto a, auto b) { return cmp(a, b) < 0; });
+    rank_of_code.assign(ids.size() + 1, 0);
+    std::uint32_t r = 0;
+    for (std::size_t i = 0; i < ids.size(); ++i) {
+      if (i > 0 && cmp(ids[i - 1], ids[i]) != 0) ++r;
+      rank_of_code[ids[i] + 1] = r;
+    }
+  }
   struct Row {
     std::uint32_t slot;
     double number;
-    const std::string* text;
+    std::uint32_t code;  // text: value id + 1; 0: absent
   };
   auto make_row = [&](std::uint32_t s) {
-    Row r{s, kAbsent, nullptr};
-    if (numeric) r.number = num_it->second.get(s);
-    else if (sort_field == "id") r.text = &m.slot_id[s];
-    else if (text_it != m.text.end()) {
-      const auto v = text_it->second.get(s);
-      if (v != 0) r.text = &text_it->second.values[v - 1];
-    }
+    Row r{s, kAbsent, 0};
+    if (numeric != nullptr) r.number = numeric->get(s);
+    else if (textual != nullptr) r.code = textual->get(s);
     return r;
   };
-  auto absent = [&](const Row& r) { return numeric ? std::isnan(r.number) : r.text == nullptr; };
+  auto absent = [&](const Row& r) {
+    if (numeric != nullptr) return std::isnan(r.number);
+    if (textual != nullptr) return r.code == 0;
+    return !by_id;  // a field no device has
+  };
   auto less = [&](const Row& a, const Row& b) {
     const bool aa = absent(a), ba = absent(b);
     if (aa != ba) return ba;  // present before absent
     if (!aa) {
       int c = 0;
-      if (numeric) c = a.number < b.number ? -1 : (a.number > b.number ? 1 : 0);
-      else if (version) c = query::compare_versions(*a.text, *b.text);
-      else c = a.text->compare(*b.text);
+      if (numeric != nullptr) {
+        c = a.number < b.number ? -1 : (a.number > b.number ? 1 : 0);
+      } else if (by_id) {
+        c = m.slot_id[a.slot].compare(m.slot_id[b.slot]);
+      } else if (textual != nullptr) {
+        if (!rank_of_code.empty()) {
+          c = rank_of_code[a.code] < rank_of_code[b.code] ? -1 : (rank_of_code[a.code] > rank_of_code[b.code] ? 1 : 0);
+        } else {
+          const auto& va = textual->values[a.code - 1];
+          const auto& vb = textual->values[b.code - 1];
+          c = version ? query::compare_versions(va, vb) : va.compare(vb);
+        }
+      }
       if (c != 0) return descending ? c > 0 : c < 0;
     }
     return m.slot_id[a.slot] < m.slot_id[b.slot];
@@ -754,14 +1753,74 @@ Result<QueryPage> FleetIndex::query(const Node& where, const QueryOptions& optio
     }
     after = make_row(it->second);
   }
-  std::vector<Row> rows;
-  matching.for_each([&](std::uint32_t s) {
-    Row r = make_row(s);
-    if (!after || less(*after, r)) rows.push_back(r);
-  });
+
+  const Sel matching = where.kind == Node::Kind::all ? m.live_sel() : m.eval(where, now_ms);
+  QueryPage page;
+  page.total = matching.n;
   const std::size_t limit = std::max<std::uint32_t>(1, options.limit);
+  const std::size_t want = limit + 1;  // one more than the page tells whether another follows
+  std::vector<Row> rows;
+
+  // Without building a row for every match: along the value order of a number column when the
+  // matches are dense enough that `want` of them come soon, else a bounded heap.
+  const bool walk = numeric != nullptr && static_cast<double>(want) * static_cast<double>(m.slot_of.size()) <
+                                              static_cast<double>(matching.n) * static_cast<double>(matching.n);
+  if (walk) {
+    const Ordered& order = numeric->sorted();
+    std::size_t from = 0, to = order.size();
+    if (after && !std::isnan(after->number)) {
+      if (descending) to = order.rank(after->number, true);
+      else from = order.rank(after->number, false);
+    } else if (after) {
+      from = to;  // the cursor has no value: every device with one sorts before it
+    }
+    double boundary = kAbsent;
+    order.visit(from, to, descending, [&](double v, std::uint32_t s) {
+      if (rows.size() >= want && v != boundary) return false;  // past the ties of the last row
+      if (!matching.test(s)) return true;
+      const Row r{s, v, 0};
+      if (after && !less(*after, r)) return true;
+      rows.push_back(r);
+      if (rows.size() == want) boundary = v;
+      return true;
+    });
+    if (rows.size() < want) {
+      std::vector<Row> missing;
+      matching.for_each([&](std::uint32_t s) {
+        if (!std::isnan(numeric->get(s))) return;
+        const Row r{s, kAbsent, 0};
+        if (!after || less(*after, r)) missing.push_back(r);
+      });
+      const std::size_t take = std::min(missing.size(), want - rows.size());
+      std::partial_sort(missing.begin(), missing.begin() + static_cast<std::ptrdiff_t>(take), missing.end(), less);
+      rows.insert(rows.end(), missing.begin(), missing.begin() + static_cast<std::ptrdiff_t>(take));
+    }
+    std::sort(rows.begin(), rows.end(), less);
+  } else if (want >= matching.n) {
+    rows.reserve(matching.n);
+    matching.for_each([&](std::uint32_t s) {
+      const Row r = make_row(s);
+      if (!after || less(*after, r)) rows.push_back(r);
+    });
+    std::sort(rows.begin(), rows.end(), less);
+  } else {
+    rows.reserve(want);
+    matching.for_each([&](std::uint32_t s) {
+      const Row r = make_row(s);
+      if (after && !less(*after, r)) return;
+      if (rows.size() < want) {
+        rows.push_back(r);
+        std::push_heap(rows.begin(), rows.end(), less);
+      } else if (less(r, rows.front())) {
+        std::pop_heap(rows.begin(), rows.end(), less);
+        rows.back() = r;
+        std::push_heap(rows.begin(), rows.end(), less);
+      }
+    });
+    std::sort_heap(rows.begin(), rows.end(), less);
+  }
+
   const std::size_t take = std::min(limit, rows.size());
-  std::partial_sort(rows.begin(), rows.begin() + static_cast<std::ptrdiff_t>(take), rows.end(), less);
   const auto& projection = options.fields.empty() ? kDefaultProjection : options.fields;
   for (std::size_t i = 0; i < take; ++i) {
     QueryRow out;
@@ -777,25 +1836,21 @@ Result<QueryPage> FleetIndex::query(const Node& where, const QueryOptions& optio
 
 std::optional<DeviceFacts> FleetIndex::facts(std::string_view id) const {
   const auto& m = *impl_;
-  auto it = m.slot_of.find(std::string(id));
+  auto it = m.slot_of.find(id);
   if (it == m.slot_of.end()) return std::nullopt;
   const auto slot = it->second;
   DeviceFacts f;
   f.id = std::string(id);
   for (const auto& [name, c] : m.text) {
-    if (const auto v = c.get(slot); v != 0 && name != "id") f.values.emplace_back(name, c.values[v - 1]);
+    if (const auto v = c.get(slot); v != 0) f.values.emplace_back(name, c.values[v - 1]);
   }
   for (const auto& [name, c] : m.numbers) {
     if (const double v = c.get(slot); !std::isnan(v)) f.values.emplace_back(name, format_number(v));
   }
-  if (slot < m.slot_multi.size()) {
-    for (const auto& e : m.slot_multi[slot]) {
-      for (const auto& [name, c] : m.multi) {
-        if (&c == e.column) f.values.emplace_back(name, c.values[e.value]);
-      }
-      for (const auto& [package, c] : m.software) {
-        if (&c == e.column) f.values.emplace_back("software." + package, c.values[e.value]);
-      }
+  for (const auto* list : {&m.multi_of[slot], &m.software_of[slot]}) {
+    for (auto e : *list) {
+      const Entry& entry = m.entries[e];
+      f.values.emplace_back(entry.column->field, entry.column->values[entry.value]);
     }
   }
   return f;
@@ -805,9 +1860,11 @@ std::pair<std::size_t, std::size_t> FleetIndex::memory_bytes() const {
   const auto& m = *impl_;
   std::size_t software = 0, other = 0;
   for (const auto& [p, c] : m.software) software += c.bytes() + p.capacity() + 64;
-  for (const auto& v : m.slot_multi) software += (v.capacity() + 1) * sizeof(Impl::MultiEntry);
+  for (const auto& e : m.entries) (e.column->package.empty() ? other : software) += e.posting.bytes() + sizeof(Entry);
+  for (const auto& v : m.software_of) software += v.capacity() * sizeof(std::uint32_t) + sizeof(v);
+  for (const auto& v : m.multi_of) other += v.capacity() * sizeof(std::uint32_t) + sizeof(v);
   for (const auto& [n, c] : m.text) other += c.bytes();
-  for (const auto& [n, c] : m.numbers) other += c.value_of.capacity() * sizeof(double);
+  for (const auto& [n, c] : m.numbers) other += c.bytes();
   for (const auto& [n, c] : m.multi) other += c.bytes();
   for (const auto& id : m.slot_id) other += id.capacity() + sizeof(std::string);
   other += m.slot_of.size() * (sizeof(std::string) + 32 + 24) + m.live.bytes();

@@ -18,7 +18,7 @@
 namespace flotilla::manager {
 namespace {
 
-constexpr std::size_t kSpaceCount = 6;
+constexpr auto kSpaceCount = static_cast<std::size_t>(Space::count);
 
 // Owns one sorted map per Space. Thread-safe: readers share a lock, a batch is applied under
 // an exclusive one, so it is atomic. `sync` is accepted and ignored.

@@ -124,6 +124,7 @@ IngestOutcome Registry::ingest(const topics::DeviceTopic& topic, std::string_vie
       r.set_gateway_id(birth->gateway_id());
       r.set_keepalive_s(birth->keepalive_s());
       r.set_telemetry_interval_s(birth->telemetry_interval_s());
+      r.set_config_applied(birth->config_version());
       if (birth->outbox_dropped() > 0) {
         r.set_outbox_dropped(r.outbox_dropped() + birth->outbox_dropped());
         outcome.events.emplace_back("outbox_dropped");
@@ -150,6 +151,7 @@ IngestOutcome Registry::ingest(const topics::DeviceTopic& topic, std::string_vie
       v1::DeviceRecord& r = record_for(id, now_ms);
       if (note_reading(r, tel->header(), now_ms, outcome) && tel->header().timestamp_ms() >= r.last_telemetry_ms()) {
         r.set_last_telemetry_ms(tel->header().timestamp_ms());
+        if (!tel->config_version().empty()) r.set_config_applied(tel->config_version());
         batch.put(Space::telemetry, id.str(), std::string(payload));
         outcome.telemetry = std::make_shared<v1::Telemetry>(std::move(tel).value());
       }
@@ -171,7 +173,10 @@ IngestOutcome Registry::ingest(const topics::DeviceTopic& topic, std::string_vie
       auto result = decode_checked<v1::CommandResult>(payload, topic.channel, id, outcome);
       if (!result) return outcome;
       v1::DeviceRecord& r = record_for(id, now_ms);
-      if (note_reading(r, result->header(), now_ms, outcome)) outcome.events.emplace_back("command_result");
+      if (note_reading(r, result->header(), now_ms, outcome)) {
+        outcome.events.emplace_back("command_result");
+        outcome.result = std::make_shared<v1::CommandResult>(std::move(result).value());
+      }
       break;
     }
     case topics::Channel::cmd:
@@ -196,6 +201,16 @@ std::vector<std::string> Registry::flush(Batch& batch) {
   for (const auto& id : changed) batch.put(Space::devices, id, codec::encode(devices_.at(id)));
   dirty_.clear();
   return changed;
+}
+
+bool Registry::set_config_desired(std::string_view device_id, const std::string& version) {
+  auto it = devices_.find(device_id);
+  if (it == devices_.end()) return false;
+  if (it->second.config_desired() != version) {
+    it->second.set_config_desired(version);
+    dirty_.insert(it->first);
+  }
+  return true;
 }
 
 const v1::DeviceRecord* Registry::find(std::string_view device_id) const {

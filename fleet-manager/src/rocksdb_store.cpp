@@ -2,7 +2,7 @@
 // rocksdb::Status is converted here into a flotilla::Error naming the operation and the path.
 //
 // Layout: one column family per Space ("devices", "inventory", "telemetry", "meta", "groups",
-// "labels"; families missing from an older store are created on open), plus
+// "labels", "jobs", "scripts", "policies", "audit"; families missing from an older store are created on open), plus
 // RocksDB's mandatory "default", which stays empty. The meta key "store.schema_version" holds
 // the on-disk schema version; a directory written by a newer Flotilla is refused before this
 // build changes anything in it.
@@ -41,8 +41,8 @@ constexpr std::string_view kSchemaKey = "store.schema_version";
 constexpr int kSchemaVersion = 1;
 
 // Column family names, indexed by Space.
-constexpr std::array<std::string_view, 6> kSpaceNames = {"devices", "inventory", "telemetry",
-                                                         "meta",    "groups",    "labels"};
+constexpr std::array<std::string_view, static_cast<std::size_t>(Space::count)> kSpaceNames = {
+    "devices", "inventory", "telemetry", "meta", "groups", "labels", "jobs", "scripts", "policies", "audit"};
 
 std::optional<std::size_t> space_index(Space space) {
   const auto index = static_cast<std::size_t>(space);

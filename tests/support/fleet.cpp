@@ -9,6 +9,7 @@
 
 #include "flotilla/cli/rpc_client.hpp"
 #include "flotilla/core/config.hpp"
+#include "flotilla/core/signing.hpp"
 #include "flotilla/sim/fleet_model.hpp"
 
 namespace flotilla::testing {
@@ -48,8 +49,10 @@ Fleet::Fleet(FleetOptions options) {
   broker_->start();
 
   write_text(dir_ / "manager.toml",
-             fmt::format("[mqtt]\nbroker = \"{}\"\npassword_file = \"{}\"\n[manager]\ndata_dir = \"{}\"\n",
-                         broker_->service_uri(), write_secret(kManager).string(), manager_data_dir().string()));
+             fmt::format("[mqtt]\nbroker = \"{}\"\npassword_file = \"{}\"\n[manager]\ndata_dir = \"{}\"\n{}",
+                         broker_->service_uri(), write_secret(kManager).string(), manager_data_dir().string(),
+                         options.manager_toml));
+  std::filesystem::create_directories(trusted_keys_dir());
   write_text(dir_ / "cli.toml", fmt::format("[mqtt]\nbroker = \"{}\"\npassword_file = \"{}\"\n", broker_->service_uri(),
                                             write_secret(kOperator).string()));
   if (options.sim_devices > 0) write_secret("sim");
@@ -92,12 +95,12 @@ ChildProcess& Fleet::start_agent(const std::string& device_id, AgentOptions opti
     throw std::runtime_error("agent already running: " + device_id);
   }
   const auto config = dir_ / (device_id + ".toml");
-  write_text(config,
-             fmt::format("[mqtt]\nbroker = \"{}\"\npassword_file = \"{}\"\nkeepalive = \"{}\"\n"
-                         "reconnect_min = \"100ms\"\nreconnect_max = \"1s\"\n"
-                         "[agent]\ntelemetry_interval = \"{}\"\nsite = \"test-lab\"\ntags = [\"integration\"]\n",
-                         broker_->device_uri(), write_secret(device_id).string(), options.keepalive,
-                         options.telemetry_interval));
+  write_text(config, fmt::format("[mqtt]\nbroker = \"{}\"\npassword_file = \"{}\"\nkeepalive = \"{}\"\n"
+                                 "reconnect_min = \"100ms\"\nreconnect_max = \"1s\"\n"
+                                 "[agent]\ntelemetry_interval = \"{}\"\nsite = \"test-lab\"\ntags = [\"integration\"]\n"
+                                 "tenant = \"{}\"\n[jobs]\ntrusted_keys = \"{}\"\n",
+                                 broker_->device_uri(), write_secret(device_id).string(), options.keepalive,
+                                 options.telemetry_interval, options.tenant, trusted_keys_dir().string()));
   SpawnOptions so;
   so.log_path = dir_ / (device_id + ".log");
   agents_.erase(device_id);
@@ -108,14 +111,42 @@ ChildProcess& Fleet::start_agent(const std::string& device_id, AgentOptions opti
   return it->second;
 }
 
-ChildProcess& Fleet::start_sim(std::size_t devices, const std::string& telemetry_interval) {
+ChildProcess& Fleet::start_sim(std::size_t devices, const std::string& telemetry_interval,
+                               std::vector<std::string> extra_args) {
   SpawnOptions so;
   so.log_path = dir_ / "sim.log";
-  sim_.emplace(ChildProcess::spawn({binary("flotilla-sim").string(), "--broker", broker_->device_uri(), "--devices",
-                                    std::to_string(devices), "--password-file", (dir_ / "sim.password").string(),
-                                    "--telemetry-interval", telemetry_interval, "--keepalive", "5s"},
-                                   so));
+  std::vector<std::string> argv{binary("flotilla-sim").string(),
+                                "--broker",
+                                broker_->device_uri(),
+                                "--devices",
+                                std::to_string(devices),
+                                "--password-file",
+                                (dir_ / "sim.password").string(),
+                                "--telemetry-interval",
+                                telemetry_interval,
+                                "--keepalive",
+                                "5s",
+                                "--trusted-keys",
+                                trusted_keys_dir().string(),
+                                "--ledger",
+                                sim_ledger().string()};
+  argv.insert(argv.end(), extra_args.begin(), extra_args.end());
+  sim_.emplace(ChildProcess::spawn(std::move(argv), so));
   return *sim_;
+}
+
+std::filesystem::path Fleet::operator_key() {
+  if (!operator_key_.empty()) return operator_key_;
+  auto pair = signing::generate_key();
+  if (!pair) throw std::runtime_error("cannot generate a signing key: " + pair.error().message);
+  std::filesystem::create_directories(dir_ / "keys");
+  operator_key_ = dir_ / "keys" / "operator.key";
+  write_text(operator_key_, pair->private_pem, 0600);
+  write_text(trusted_keys_dir() / "operator.pub", pair->public_pem);
+  // Top-level keys come before the first table.
+  write_text(dir_ / "cli.toml",
+             fmt::format("signing_key = \"{}\"\n", operator_key_.string()) + read_file(dir_ / "cli.toml"));
+  return operator_key_;
 }
 
 std::optional<v1::RpcResponse> Fleet::rpc(const v1::RpcRequest& request, std::chrono::milliseconds timeout) {

@@ -22,11 +22,14 @@ namespace flotilla::testing {
 struct FleetOptions {
   std::vector<std::string> devices{};  // broker users besides the manager and operator
   std::size_t sim_devices = 0;         // simulated device ids added as users: sim-{kind}-{index}
+  // Extra TOML appended to the manager's configuration (e.g. a [jobs] section).
+  std::string manager_toml{};
 };
 
 struct AgentOptions {
   std::string keepalive = "2s";
   std::string telemetry_interval = "1s";
+  std::string tenant = "";
 };
 
 class Fleet {
@@ -46,8 +49,16 @@ class Fleet {
   ChildProcess& manager() { return *manager_; }
   ChildProcess& start_agent(const std::string& device_id, AgentOptions options = {});
   ChildProcess& agent(const std::string& device_id) { return agents_.at(device_id); }
-  ChildProcess& start_sim(std::size_t devices, const std::string& telemetry_interval = "1s");
+  ChildProcess& start_sim(std::size_t devices, const std::string& telemetry_interval = "1s",
+                          std::vector<std::string> extra_args = {});
   ChildProcess& sim() { return *sim_; }
+
+  // Job signing: the operator's private key (created on first use) and the directory of trusted
+  // public keys every agent of this fleet is configured with (and the simulator, when asked).
+  std::filesystem::path operator_key();
+  std::filesystem::path trusted_keys_dir() const { return dir_ / "trusted"; }
+  // The simulator's job ledger: one line "device job attempt" per execution.
+  std::filesystem::path sim_ledger() const { return dir_ / "sim-ledger.txt"; }
 
   // One request to the manager over MQTT 5 request/response (the CLI's own client).
   std::optional<v1::RpcResponse> rpc(const v1::RpcRequest& request,
@@ -78,6 +89,7 @@ class Fleet {
 
  private:
   std::filesystem::path write_secret(const std::string& user);
+  std::filesystem::path operator_key_;
 
   std::filesystem::path dir_;
   std::unique_ptr<MosquittoBroker> broker_;

@@ -24,6 +24,14 @@ int main(int argc, char** argv) {
   cli.add_option("--telemetry-interval", telemetry, "Telemetry period per device")->capture_default_str();
   cli.add_option("--keepalive", keepalive, "MQTT keepalive (default: mqtt.keepalive, 30s)");
   cli.add_option("--password-file", password_file, "File holding the password every simulated device uses");
+  cli.add_option("--tenant", config.tenant, "Tenant every simulated device reports")->capture_default_str();
+  cli.add_option("--trusted-keys", config.trusted_keys,
+                 "Public key file or directory whose job signatures the devices accept (none: jobs are rejected)");
+  cli.add_option("--job-fail-rate", config.job_fail_rate, "Fraction of job executions that report FAILED")
+      ->check(CLI::Range(0.0, 1.0));
+  cli.add_option("--job-silent-rate", config.job_silent_rate, "Fraction of job executions never answered")
+      ->check(CLI::Range(0.0, 1.0));
+  cli.add_option("--ledger", config.ledger, "Append one line per job execution to this file");
   if (auto code = app::parse(cli, argc, argv)) return *code;
 
   if (flags.config_file) {

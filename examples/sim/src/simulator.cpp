@@ -2,7 +2,11 @@
 
 #include <algorithm>
 #include <atomic>
+#include <fstream>
+#include <map>
+#include <queue>
 #include <random>
+#include <set>
 
 #include "flotilla/agent/protocol.hpp"
 #include "flotilla/core/backoff.hpp"
@@ -10,6 +14,7 @@
 #include "flotilla/core/connection.hpp"
 #include "flotilla/core/log.hpp"
 #include "flotilla/core/queue.hpp"
+#include "flotilla/core/signed_job.hpp"
 #include "flotilla/core/topics.hpp"
 #include "flotilla/core/version.hpp"
 #include "flotilla/sim/fleet_model.hpp"
@@ -24,6 +29,15 @@ std::uint64_t stream_ids() {
   return (std::uint64_t{entropy()} << 32) | entropy();
 }
 
+// A number in [0, 1) from a job id and a device index: the fate of one execution.
+double fate(std::string_view job_id, std::size_t index) {
+  std::uint64_t h = 1469598103934665603ull;
+  for (const char c : job_id) h = (h ^ static_cast<unsigned char>(c)) * 1099511628211ull;
+  h = (h ^ index) * 1099511628211ull;
+  h ^= h >> 33;
+  return static_cast<double>(h % 1'000'000) / 1e6;
+}
+
 }  // namespace
 
 struct Simulator::Device {
@@ -36,6 +50,14 @@ struct Simulator::Device {
   SteadyClock::time_point next_telemetry{};
   bool started = false;
   std::uint64_t last_epoch = 0;
+  SteadyClock::time_point due{};  // when the reactor next needs to look at this device
+  // Job outcomes by job id (attempt, status, message): redeliveries get the same answer.
+  struct JobOutcome {
+    std::uint32_t attempt = 0;
+    v1::CommandResult::Status status = v1::CommandResult::STATUS_UNSPECIFIED;
+    std::string message;
+  };
+  std::map<std::string, JobOutcome, std::less<>> jobs;
 };
 
 struct Simulator::Event {
@@ -50,6 +72,16 @@ struct Simulator::State {
   std::mt19937_64 rng;
   std::atomic<std::size_t> connected{0};
   SteadyClock::time_point started{};
+  signing::TrustStore trust;
+  // Signatures already verified, by SHA-256 of (document, target, signature). Every simulated
+  // device shares this process's CPU, so a "*" signature that a real fleet verifies once per
+  // device, in parallel, is verified once here.
+  std::set<std::string> verified;
+  std::ofstream ledger;
+  // (due, device index), earliest first; stale entries are skipped when popped.
+  std::priority_queue<std::pair<SteadyClock::time_point, std::size_t>,
+                      std::vector<std::pair<SteadyClock::time_point, std::size_t>>, std::greater<>>
+      timers;
 };
 
 Simulator::Simulator(SimConfig config)
@@ -68,8 +100,20 @@ Result<std::unique_ptr<Simulator>> Simulator::create(SimConfig config, const Tra
     return make_error(Errc::invalid_argument, "--telemetry-interval: must be at least 100ms");
   }
   if (auto st = config::validate_mqtt(config.mqtt); !st) return std::move(st).error();
+  if (config.job_fail_rate < 0 || config.job_silent_rate < 0 || config.job_fail_rate + config.job_silent_rate > 1) {
+    return make_error(Errc::invalid_argument, "--job-fail-rate and --job-silent-rate: fractions summing to at most 1");
+  }
   std::unique_ptr<Simulator> sim(new Simulator(std::move(config)));
   auto& s = *sim->state_;
+  if (const auto& keys = sim->config_.trusted_keys; !keys.empty()) {
+    std::error_code ec;
+    auto st = std::filesystem::is_directory(keys, ec) ? s.trust.load_dir(keys) : s.trust.load_file(keys);
+    if (!st) return std::move(st).error();
+  }
+  if (!sim->config_.ledger.empty()) {
+    s.ledger.open(sim->config_.ledger, std::ios::app);
+    if (!s.ledger) return make_error(Errc::io_error, "--ledger: cannot open {}", sim->config_.ledger.string());
+  }
   s.rng.seed(sim->config_.seed);
   const auto& c = sim->config_;
   for (std::size_t i = 0; i < c.devices; ++i) {
@@ -138,6 +182,10 @@ void Simulator::handle(Device& d, TransportEvent& e) {
   if (exec == nullptr) return;
   const auto& cmd = exec->command;
   Message result;
+  if (cmd.type() == "job") {
+    on_job(d, cmd, now);
+    return;
+  }
   if (cmd.type() == "ping") {
     result = d.protocol->result(cmd, v1::CommandResult::STATUS_SUCCEEDED, "pong", {}, now);
   } else if (cmd.type() == "inventory.refresh") {
@@ -153,6 +201,48 @@ void Simulator::handle(Device& d, TransportEvent& e) {
   (void)d.transport->publish(result);
 }
 
+void Simulator::on_job(Device& d, const v1::Command& cmd, std::int64_t now_ms) {
+  auto& s = *state_;
+  const auto& self = d.protocol->identity();
+  auto reply = [&](const std::string& job_id, std::uint32_t attempt, v1::CommandResult::Status status,
+                   const std::string& text) {
+    (void)d.transport->publish(d.protocol->job_result(job_id, attempt, status, text, {}, 100, now_ms));
+  };
+  const std::string seen_key = cmd.has_job() && cmd.job().target() == "*"
+                                   ? signing::sha256(cmd.job().document() + '\n' + cmd.job().signature() + '\n' +
+                                                     cmd.job().key_id())
+                                   : std::string();
+  const jobs::DeviceScope scope{self.id.str(), self.tenant, self.site};
+  const bool known = !seen_key.empty() && s.verified.contains(seen_key);
+  auto doc = known ? jobs::check_job(cmd, scope, now_ms, 0) : jobs::verify_job(s.trust, cmd, scope, now_ms, 0);
+  if (doc && !seen_key.empty()) s.verified.insert(seen_key);
+  if (!doc) {
+    reply("", cmd.attempt(), v1::CommandResult::STATUS_REJECTED, doc.error().message);
+    return;
+  }
+  const std::string& job_id = doc->job_id();
+  auto it = d.jobs.find(job_id);
+  const bool retry = it != d.jobs.end() && cmd.attempt() > it->second.attempt &&
+                     it->second.status == v1::CommandResult::STATUS_FAILED;
+  if (it != d.jobs.end() && !retry) {
+    if (it->second.status != v1::CommandResult::STATUS_UNSPECIFIED) {
+      reply(job_id, cmd.attempt(), it->second.status, it->second.message);
+    }
+    return;
+  }
+  Device::JobOutcome outcome{cmd.attempt(), v1::CommandResult::STATUS_SUCCEEDED, "done (simulated)"};
+  const double f = fate(fmt::format("{}/{}", job_id, cmd.attempt()), d.index);
+  if (f < config_.job_silent_rate) {
+    outcome.status = v1::CommandResult::STATUS_UNSPECIFIED;  // never answers
+  } else if (f < config_.job_silent_rate + config_.job_fail_rate) {
+    outcome = {cmd.attempt(), v1::CommandResult::STATUS_FAILED, "failed (simulated)"};
+  }
+  if (s.ledger.is_open()) s.ledger << self.id.str() << ' ' << job_id << ' ' << cmd.attempt() << '\n' << std::flush;
+  d.jobs[job_id] = outcome;
+  if (outcome.status != v1::CommandResult::STATUS_UNSPECIFIED)
+    reply(job_id, cmd.attempt(), outcome.status, outcome.message);
+}
+
 void Simulator::run(std::stop_token stop) {
   auto& s = *state_;
   s.started = SteadyClock::now();
@@ -161,17 +251,35 @@ void Simulator::run(std::stop_token stop) {
     d->start_at = s.started +
                   config_.connect_spread * static_cast<std::int64_t>(d->index) / static_cast<std::int64_t>(n);
     d->next_telemetry = d->start_at + jittered(config_.telemetry_interval, 0.5, s.rng);
+    d->due = d->start_at;
+    s.timers.emplace(d->due, d->index);
   }
   log::info("simulating {} devices ({} pc, {} printer, {} sensor)", n, (n + 2) / 3, (n + 1) / 3, n / 3);
+  // After the reactor looked at a device: when it needs to look again. `popped`: the device's
+  // heap entry was consumed, so a new one is needed even if the time did not change.
+  auto reschedule = [&s](Device& d, bool popped) {
+    const auto due = d.started ? std::min(d.connection->next_deadline(), d.next_telemetry) : d.start_at;
+    if (!popped && due == d.due) return;
+    d.due = due;
+    s.timers.emplace(due, d.index);
+  };
   std::vector<Event> events;
   while (!stop.stop_requested()) {
     events.clear();
     s.queue.drain(events, 1024, std::chrono::milliseconds(20));
-    for (auto& e : events) handle(*s.devices[e.device], e.event);
+    for (auto& e : events) {
+      auto& d = *s.devices[e.device];
+      handle(d, e.event);
+      reschedule(d, false);
+    }
     const auto now = SteadyClock::now();
-    for (auto& d : s.devices) {
+    // Only the devices whose time has come: a large fleet costs per event, not per loop.
+    while (!s.timers.empty() && s.timers.top().first <= now) {
+      const auto [when, index] = s.timers.top();
+      s.timers.pop();
+      auto* d = s.devices[index].get();
+      if (when != d->due) continue;  // superseded
       if (!d->started) {
-        if (now < d->start_at) continue;
         d->started = true;
         d->connection->start(now);
       }
@@ -184,6 +292,7 @@ void Simulator::run(std::stop_token stop) {
           (void)d->transport->publish(d->protocol->telemetry(next_telemetry(d->model, s.rng, uptime), unix_now_ms()));
         }
       }
+      reschedule(*d, true);
     }
   }
   log::info("simulator stopping");

@@ -12,11 +12,13 @@ namespace flotilla::cli {
 // Process exit codes; ops scripts rely on them (docs/cli.md).
 enum ExitCode : int {
   exit_ok = 0,
-  exit_internal = 1,     // a bug, an undecodable reply, CODE_INTERNAL from the manager
-  exit_usage = 2,        // bad flags, bad device id, bad configuration file
-  exit_unreachable = 3,  // broker or manager unreachable, or CODE_UNAVAILABLE from the manager
-  exit_not_found = 4,    // CODE_NOT_FOUND
-  exit_rejected = 5,     // CODE_INVALID_ARGUMENT: the manager rejected the request
+  exit_internal = 1,       // a bug, an undecodable reply, CODE_INTERNAL from the manager
+  exit_usage = 2,          // bad flags, bad device id, bad configuration file
+  exit_unreachable = 3,    // broker or manager unreachable, or CODE_UNAVAILABLE from the manager
+  exit_not_found = 4,      // CODE_NOT_FOUND
+  exit_rejected = 5,       // CODE_INVALID_ARGUMENT: the manager rejected the request
+  exit_job_failed = 6,     // jobs watch: the job ended, but not COMPLETED with every execution SUCCEEDED
+  exit_watch_timeout = 7,  // jobs watch: the job was still running when --timeout-total passed
 };
 
 // Runs one invocation: writes the result to `out` and any error to `err` as one line

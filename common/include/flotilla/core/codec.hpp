@@ -22,9 +22,9 @@ inline constexpr std::uint32_t schema_version = 1;
 // list (≈ 60 B a package; 3,000 packages ≈ 180 KiB), hence the larger bound.
 inline constexpr std::size_t max_inventory_bytes = 768 * 1024;
 inline constexpr std::size_t max_telemetry_bytes = 64 * 1024;
-inline constexpr std::size_t max_small_bytes = 16 * 1024;             // death, command result header-ish
-inline constexpr std::size_t max_command_bytes = 256 * 1024;          // commands and results with output
-inline constexpr std::size_t max_rpc_bytes = 64 * 1024;               // RPC requests
+inline constexpr std::size_t max_small_bytes = 16 * 1024;     // death, command result header-ish
+inline constexpr std::size_t max_command_bytes = 256 * 1024;  // commands and results with output
+inline constexpr std::size_t max_rpc_bytes = 1000 * 1000;     // RPC requests; the broker bounds packets at 1 MiB
 inline constexpr std::size_t max_rpc_reply_bytes = 64 * 1024 * 1024;  // replies read by the CLI
 
 std::string encode(const google::protobuf::MessageLite& message);

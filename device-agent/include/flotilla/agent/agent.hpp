@@ -13,11 +13,13 @@
 
 #include "flotilla/agent/collectors.hpp"
 #include "flotilla/agent/config.hpp"
+#include "flotilla/agent/job_runner.hpp"
 #include "flotilla/agent/outbox.hpp"
 #include "flotilla/agent/protocol.hpp"
 #include "flotilla/core/connection.hpp"
 #include "flotilla/core/queue.hpp"
 #include "flotilla/core/transport.hpp"
+#include "flotilla/v1/job.pb.h"
 
 namespace flotilla::agent {
 
@@ -48,10 +50,18 @@ class Agent {
   void commit_acks();
   void sample_telemetry();
   void check_inventory(bool force);
+  void publish_job_reports(std::vector<JobReport> reports);
+  // Desired configuration (docs/policies.md): applies it, keeps it durably for the next start
+  // and reports its version.
+  void on_config(const Message& message);
+  Status apply_config(const v1::DesiredConfig& config);
+  // A patch.scan's outcome becomes part of the inventory (and is kept for the next start).
+  void note_patch_scan(const JobReport& report);
 
   AgentConfig config_;
   std::vector<std::unique_ptr<Collector>> collectors_;
   std::unique_ptr<Outbox> outbox_;
+  std::unique_ptr<JobRunner> jobs_;
   DeviceProtocol protocol_;
   BoundedQueue<TransportEvent> queue_;
   std::unique_ptr<Transport> transport_;
@@ -65,6 +75,7 @@ class Agent {
   std::vector<std::uint64_t> acked_;  // delivered this turn, committed together
   OperationId birth_op_ = 0;
   std::uint64_t birth_reported_dropped_ = 0;
+  v1::PatchStatus patches_;     // last patch.scan; empty until one ran
   std::string last_inventory_;  // serialized inventory last published, for change detection
   SteadyClock::time_point next_telemetry_{};
   SteadyClock::time_point next_inventory_{};

@@ -32,6 +32,12 @@ struct AgentConfig {
   std::string tenant;
   std::string site;
   std::vector<std::string> tags;
+  // Jobs (docs/jobs.md). Public keys (files *.pub / *.pem, or one file) whose signatures the
+  // agent accepts; without any, every job is rejected.
+  std::filesystem::path trusted_keys = "/etc/flotilla/trusted-keys";
+  bool allow_reboot = false;       // the reboot job type, and patch.apply's reboot
+  bool apt_simulate_only = false;  // every package and patch job runs apt's simulation only
+  std::chrono::milliseconds job_default_timeout{std::chrono::minutes(10)};
   log::Level log_level = log::Level::info;
 };
 

@@ -9,6 +9,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <string_view>
 #include <variant>
 #include <vector>
 
@@ -40,6 +41,10 @@ class DeviceProtocol {
   std::uint64_t stream_id() const { return stream_id_; }
   // Stream seq the next reading will carry.
   std::uint64_t next_seq() const { return next_seq_; }
+
+  // Version of the desired configuration the device applies, reported in births and telemetry.
+  void set_config_version(std::string version) { config_version_ = std::move(version); }
+  const std::string& config_version() const { return config_version_; }
 
   // Starts session `epoch` (must be larger than any before).
   void begin_session(std::uint64_t epoch) { epoch_ = epoch; }
@@ -74,6 +79,12 @@ class DeviceProtocol {
   using CommandDecision = std::variant<Execute, Reply, Ignore>;
   CommandDecision on_command(const Message& message, std::int64_t now_ms);
 
+  // A job's result or progress report. Jobs are de-duplicated by the agent's durable execution
+  // store, not by this class.
+  Message job_result(std::string_view job_id, std::uint32_t attempt, v1::CommandResult::Status status, std::string text,
+                     const std::map<std::string, std::string>& output, std::uint32_t progress_percent,
+                     std::int64_t now_ms);
+
   // Builds the result message of an executed command and remembers it for duplicates.
   Message result(const v1::Command& command, v1::CommandResult::Status status, std::string text,
                  const std::map<std::string, std::string>& output, std::int64_t now_ms);
@@ -89,6 +100,7 @@ class DeviceProtocol {
   std::uint64_t epoch_ = 0;
   std::uint64_t stream_id_ = 1;
   std::uint64_t next_seq_ = 1;
+  std::string config_version_;
   // Results of recently executed commands, for answering redeliveries without executing again.
   std::map<std::string, v1::CommandResult> executed_;
   std::deque<std::string> executed_order_;

@@ -34,6 +34,10 @@ struct ManagerConfig {
   // Rejected messages are logged at most this many times per reason per minute.
   std::uint32_t log_burst = 10;
   log::Level log_level = log::Level::info;
+  // Jobs (docs/jobs.md): in-progress timeout of jobs that set none, and how long the manager
+  // waits for a device's first answer before notifying it again.
+  std::chrono::milliseconds job_timeout{std::chrono::minutes(10)};
+  std::chrono::milliseconds job_redrive_interval{std::chrono::seconds(30)};
 };
 
 // Reads the TOML file (if any), then FLOTILLA_* environment. Errors: path-qualified.

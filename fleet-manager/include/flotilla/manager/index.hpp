@@ -2,17 +2,20 @@
 // The fleet index: every device's queryable facts in memory, organised for fast answers at a
 // million devices. Rebuilt from the Store at start-up and updated in the reactor right after each
 // batch commits, so a query answered after an acknowledged write always sees it. Owned by the
-// manager's reactor thread; not thread-safe.
+// manager's reactor thread; not thread-safe (not even two const calls at once: the value order of
+// a number column is built by the first query that needs it).
 //
 // Layout: each device has a dense slot. Text-like fields are dictionary-encoded columns
-// (slot -> value id) with a bitset of slots per distinct value, so equality, wildcard, version
-// ranges and group-by work on distinct values instead of devices; fields with too many distinct
-// values for bitsets (ids, serials) keep the column only. Numbers and times are plain columns
-// scanned for ranges. Multi-valued fields (tags, groups, installed software) keep a bitset per
-// value. A predicate the index cannot answer directly falls back to a filtered scan of the
-// candidate slots with the reference evaluator.
+// (slot -> value id) with a count and a posting (the slots holding it) per distinct value, so
+// equality, wildcard, version ranges and group-by work on distinct values instead of devices;
+// fields with too many distinct values for postings (serials, hostnames) keep the column only.
+// Numbers and times are columns of doubles plus a value order: their (value, slot) pairs sorted
+// in chunks, so a range costs a binary search to count and O(matches) to collect. Multi-valued
+// fields (tags, groups, installed software) keep a posting per value and, per slot, the list of
+// postings it is in. docs/query.md ("How queries are answered") describes the planner.
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -31,6 +34,27 @@ namespace flotilla::manager {
 struct DeviceFacts {
   std::string id;
   std::vector<std::pair<std::string, std::string>> values;
+};
+
+// Receives the facts of one device one at a time (numbers and times as decimal text); the
+// strings need only live during the call. facts.hpp writes a device's stored data into one, the
+// index reads from one, so a device's facts need not be built as strings in between.
+class FactSink {
+ public:
+  virtual ~FactSink() = default;
+  virtual void add(std::string_view field, std::string_view value) = 0;
+  // The fact software.<package> = version.
+  virtual void add_package(std::string_view package, std::string_view version);
+};
+
+// Appends every fact to a DeviceFacts.
+class DeviceFactsSink final : public FactSink {
+ public:
+  explicit DeviceFactsSink(DeviceFacts& out) : out_(out) {}
+  void add(std::string_view field, std::string_view value) override { out_.values.emplace_back(field, value); }
+
+ private:
+  DeviceFacts& out_;
 };
 
 // Facts come in three parts that change at different rates: the registry record (presence,
@@ -62,6 +86,9 @@ class SlotSet {
     }
   }
   std::size_t bytes() const { return words_.size() * sizeof(std::uint64_t); }
+  // The bits, 64 slots per word, slot 0 in bit 0 of word 0; may be shorter than the fleet.
+  const std::vector<std::uint64_t>& words() const { return words_; }
+  std::vector<std::uint64_t>& words() { return words_; }
 
  private:
   std::vector<std::uint64_t> words_;
@@ -108,8 +135,15 @@ class FleetIndex {
   void upsert(const DeviceFacts& facts);
   // Replaces one part of a device's facts (the device is created when new).
   void update(const DeviceFacts& facts, FactPart part);
+  // Replaces one part of the facts of device `id` (every part when `part` is empty; the device is
+  // created when new) with the facts `produce` passes to the sink it is given. Facts of other
+  // parts are ignored, as in the two above.
+  void update(std::string_view id, std::optional<FactPart> part, const std::function<void(FactSink&)>& produce);
   void erase(std::string_view id);
   std::size_t size() const;
+  // Builds now what the first query touching each number or time column would otherwise build
+  // (its value order). Call once after loading many devices, so that no query pays for it.
+  void finish_load();
 
   // Devices matching the query. Errors: invalid_argument (e.g. sorting by a multi-valued field,
   // a bad cursor).

@@ -18,6 +18,8 @@
 #include "flotilla/manager/config.hpp"
 #include "flotilla/manager/groups.hpp"
 #include "flotilla/manager/index.hpp"
+#include "flotilla/manager/jobs.hpp"
+#include "flotilla/manager/policies.hpp"
 #include "flotilla/manager/registry.hpp"
 #include "flotilla/manager/store.hpp"
 #include "flotilla/v1/manager.pb.h"
@@ -60,6 +62,20 @@ class Manager {
   Message presence(bool online, std::int64_t since_ms) const;
   v1::ManagerStats stats() const;
   v1::GroupInfo group_info(const std::string& name) const;
+  // Jobs and scripts (manager_jobs.cpp).
+  DeviceDirectory job_directory();
+  std::optional<v1::RpcResponse> dispatch_jobs(const v1::RpcRequest& request);
+  // Advances the job engine and publishes what it produced once `batch` is durable.
+  void drive_jobs(std::int64_t now_ms, Batch& batch);
+  void publish_job_commands();
+  // Desired configuration (manager_policies.cpp).
+  PolicyScope policy_scope(const std::string& id) const;
+  // Recomputes the effective configuration of these devices; changed ones are recorded in the
+  // registry (flushed with the batch) and published, retained, once the batch is durable.
+  void refresh_configs(const std::vector<std::string>& ids, std::int64_t now_ms, bool republish_drift = false);
+  void publish_configs();
+  std::optional<v1::RpcResponse> dispatch_policies(const v1::RpcRequest& request);
+  Result<v1::Script> add_script(const v1::Script& script, const std::string& actor, std::int64_t now_ms, Batch& batch);
 
   ManagerConfig config_;
   std::unique_ptr<Store> store_;
@@ -67,6 +83,15 @@ class Manager {
   FleetIndex index_;
   Groups groups_;
   std::map<std::string, v1::DeviceLabels, std::less<>> labels_;
+  JobEngine jobs_;
+  Policies policies_;
+  std::vector<Message> config_outgoing_;
+  // Set at start and on every reconnect: recompute every device's configuration and publish it
+  // again where the device does not report the desired version (a retained message may have
+  // been lost with the previous process or broker).
+  bool configs_full_refresh_ = true;
+  // Parsed target queries of continuous jobs, by job id.
+  std::map<std::string, query::Node, std::less<>> job_queries_;
   BoundedQueue<TransportEvent> queue_;
   std::unique_ptr<Transport> transport_;
   std::unique_ptr<Connection> connection_;

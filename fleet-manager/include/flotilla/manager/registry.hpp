@@ -17,6 +17,7 @@
 #include "flotilla/core/result.hpp"
 #include "flotilla/core/topics.hpp"
 #include "flotilla/manager/store.hpp"
+#include "flotilla/v1/command.pb.h"
 #include "flotilla/v1/device.pb.h"
 #include "flotilla/v1/record.pb.h"
 
@@ -35,6 +36,8 @@ struct IngestOutcome {
   // What was applied, for the index: the new latest inventory or telemetry, if any.
   std::shared_ptr<const v1::Inventory> inventory;
   std::shared_ptr<const v1::Telemetry> telemetry;
+  // A command result or job progress report, once per reading (duplicates are left out).
+  std::shared_ptr<const v1::CommandResult> result;
 };
 
 class Registry {
@@ -48,6 +51,9 @@ class Registry {
   std::vector<std::string> flush(Batch& batch);
 
   const v1::DeviceRecord* find(std::string_view device_id) const;
+  // Records the desired-configuration version published to a known device (flushed with the
+  // next batch). False when the device is unknown.
+  bool set_config_desired(std::string_view device_id, const std::string& version);
   const std::map<std::string, v1::DeviceRecord, std::less<>>& devices() const { return devices_; }
   std::size_t online_count() const;
 

@@ -25,6 +25,11 @@ enum class Space {
   groups,     // "g/{name}": Group (with a static group's members); "m/{name}/{device}": a dynamic
               // group's member; "e/{seq:020}": MembershipEvent; "s/event_seq": last event number
   labels,     // operator tags and attributes of a device (DeviceLabels)
+  jobs,       // "j/{job}": JobRecord; "x/{job}/{device}": Execution; "s/job_seq": last job number
+  scripts,    // "{name}": Script (the script library)
+  policies,   // "{level}/{name}": Policy document attached at a level
+  audit,      // "{unix_ms:020}/{seq:010}": AuditEntry
+  count,      // number of spaces (not a space)
 };
 
 // A set of writes applied atomically.

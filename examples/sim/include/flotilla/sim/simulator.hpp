@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <filesystem>
 #include <memory>
 #include <stop_token>
 #include <string>
@@ -12,6 +13,7 @@
 
 #include "flotilla/core/config.hpp"
 #include "flotilla/core/transport.hpp"
+#include "flotilla/v1/command.pb.h"
 
 namespace flotilla::sim {
 
@@ -23,6 +25,16 @@ struct SimConfig {
   std::chrono::milliseconds telemetry_interval{std::chrono::seconds(10)};
   std::chrono::milliseconds connect_spread{std::chrono::seconds(2)};
   std::string tenant = "demo";
+  // Jobs. Public keys whose signatures the devices accept (a directory of *.pub / *.pem or one
+  // file); none: every job is rejected, as a real agent would.
+  std::filesystem::path trusted_keys;
+  // Fractions of job executions that report FAILED, or never answer at all (chosen per job and
+  // device from a hash, so a redelivery meets the same fate).
+  double job_fail_rate = 0;
+  double job_silent_rate = 0;
+  // Appends one line "device job attempt" per job execution (each device executes a job attempt
+  // at most once; tests count the lines).
+  std::filesystem::path ledger;
 };
 
 using TransportFactory = std::function<Result<std::unique_ptr<Transport>>(TransportOptions, EventSink)>;
@@ -43,6 +55,7 @@ class Simulator {
   struct Event;
   explicit Simulator(SimConfig config);
   void handle(Device& d, TransportEvent& e);
+  void on_job(Device& d, const v1::Command& command, std::int64_t now_ms);
 
   SimConfig config_;
   struct State;
