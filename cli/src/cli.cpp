@@ -589,6 +589,7 @@ int run(int argc, char** argv, std::ostream& out, std::ostream& err) {
   auto* status = manager->add_subcommand("status", "Show the manager's instance, uptime and counters");
 
   JobCommands job_commands(app);
+  PolicyCommands policy_commands(app);
 
   try {
     app.parse(argc, argv);
@@ -601,12 +602,14 @@ int run(int argc, char** argv, std::ostream& out, std::ostream& err) {
     return fail(usage(fmt::format("{} (see flotilla --help)", e.what())), err);
   }
 
-  if (!devices->parsed() && !manager->parsed() && !groups->parsed() && !job_commands.chosen()) {
-    return fail(usage("a command is required: devices, groups, jobs, scripts, keys, audit or manager "
+  if (!devices->parsed() && !manager->parsed() && !groups->parsed() && !job_commands.chosen() &&
+      !policy_commands.chosen()) {
+    return fail(usage("a command is required: devices, groups, jobs, scripts, policies, keys, audit or manager "
                       "(see flotilla --help)"),
                 err);
   }
   if (auto f = job_commands.check_subcommand()) return fail(*f, err);
+  if (auto f = policy_commands.check_subcommand()) return fail(*f, err);
   if (groups->parsed() && groups->get_subcommands().empty()) {
     return fail(usage("groups: a subcommand is required: create, list, show, members, add, remove, explain or "
                       "delete (see flotilla groups --help)"),
@@ -639,6 +642,7 @@ int run(int argc, char** argv, std::ostream& out, std::ostream& err) {
 
   try {
     if (job_commands.chosen()) return job_commands.execute(inv.global, out, err);
+    if (policy_commands.chosen()) return policy_commands.execute(inv.global, out, err);
     return execute(inv, out, err);
   } catch (const std::exception& e) {
     return fail(Failure{exit_internal, fmt::format("internal error: {}", e.what())}, err);

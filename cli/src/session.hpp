@@ -118,3 +118,27 @@ class JobCommands {
 };
 
 }  // namespace flotilla::cli
+
+namespace flotilla::cli {
+
+// The commands of policies_cli.cpp: policies set|show|list|delete|effective.
+class PolicyCommands {
+ public:
+  explicit PolicyCommands(CLI::App& app);
+  PolicyCommands(const PolicyCommands&) = delete;
+  PolicyCommands& operator=(const PolicyCommands&) = delete;
+  ~PolicyCommands();
+
+  bool chosen() const;
+  std::optional<Failure> check_subcommand() const;
+  int execute(const GlobalOptions& options, std::ostream& out, std::ostream& err);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Parses "KEY=VALUE" or "KEY=VALUE!" (enforced). Errors: invalid_argument.
+Result<std::pair<std::string, v1::PolicyValue>> parse_policy_assignment(std::string_view text);
+
+}  // namespace flotilla::cli

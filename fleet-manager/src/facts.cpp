@@ -38,6 +38,12 @@ void add_record_facts(const v1::DeviceRecord& r, FactSink& out) {
   if (r.first_seen_ms() != 0) add(out, "first_seen", std::to_string(r.first_seen_ms()));
   if (r.online() && r.connected_since_ms() != 0) add(out, "connected_since", std::to_string(r.connected_since_ms()));
   for (const auto& t : r.tags()) add(out, "tag", t);
+  // Desired configuration (docs/policies.md): absent until the manager published one.
+  if (!r.config_desired().empty()) {
+    add(out, "config.desired", r.config_desired());
+    add(out, "config.drift", r.config_applied() != r.config_desired() ? "true" : "false");
+  }
+  add(out, "config.applied", r.config_applied());
 }
 
 void add_inventory_facts(const v1::Inventory& inv, FactSink& out) {
@@ -50,6 +56,11 @@ void add_inventory_facts(const v1::Inventory& inv, FactSink& out) {
   add(out, "os.version", inv.os().version());
   add(out, "os.kernel", inv.os().kernel());
   add(out, "cpu.model", inv.cpu().model());
+  if (inv.has_patches()) {
+    add(out, "patch.pending", std::to_string(inv.patches().pending()));
+    add(out, "patch.security_pending", std::to_string(inv.patches().security_pending()));
+    add(out, "patch.scanned_at", std::to_string(inv.patches().scanned_at_ms()));
+  }
   if (inv.cpu().logical_cores() != 0) add(out, "cpu.cores", std::to_string(inv.cpu().logical_cores()));
   if (inv.memory_total_bytes() != 0) add(out, "memory.total", std::to_string(inv.memory_total_bytes()));
   add(out, "software.count", std::to_string(inv.packages_size()));

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <iterator>
 #include <limits>
@@ -95,14 +96,19 @@ std::string format_number(double v) {
 const std::vector<std::string> kDefaultProjection{"kind",       "online",           "os.name",
                                                   "os.version", "firmware.version", "last_seen"};
 
-// The slots holding one value: a sorted vector while sparse, a bitset past that.
+// The slots holding one value: a sorted vector while sparse, a bitset past that (held inline:
+// loading touches thousands of postings per device, one indirection less each).
 class Posting {
  public:
   // False when the slot was already there.
   bool add(std::uint32_t slot, std::size_t slots) {
     if (dense_) {
-      if (dense_->test(slot)) return false;
-      dense_->set(slot);
+      auto& words = bits_.words();
+      const std::size_t w = slot / 64;
+      if (w >= words.size()) words.resize(std::max(w + 1, words_for(slots)), 0);
+      const std::uint64_t bit = std::uint64_t{1} << (slot % 64);
+      if ((words[w] & bit) != 0) return false;
+      words[w] |= bit;
     } else if (sparse_.empty() || sparse_.back() < slot) {
       sparse_.push_back(slot);  // the common case while loading: slots arrive in order
     } else {
@@ -112,19 +118,19 @@ class Posting {
     }
     ++count_;
     if (!dense_ && sparse_.size() > std::max<std::size_t>(64, slots / kSparseFactor)) {
-      dense_ = std::make_unique<SlotSet>();
-      dense_->resize(slots);
-      for (auto s : sparse_) dense_->set(s);
+      bits_.resize(slots);
+      for (auto s : sparse_) bits_.set(s);
       sparse_.clear();
       sparse_.shrink_to_fit();
+      dense_ = true;
     }
     return true;
   }
   // False when the slot was not there.
   bool remove(std::uint32_t slot) {
     if (dense_) {
-      if (!dense_->test(slot)) return false;
-      dense_->reset(slot);
+      if (!test(slot)) return false;
+      bits_.reset(slot);
     } else {
       const auto it = std::lower_bound(sparse_.begin(), sparse_.end(), slot);
       if (it == sparse_.end() || *it != slot) return false;
@@ -134,15 +140,20 @@ class Posting {
     return true;
   }
   bool test(std::uint32_t slot) const {
-    return dense_ ? dense_->test(slot) : std::binary_search(sparse_.begin(), sparse_.end(), slot);
+    if (dense_) {
+      const auto& words = bits_.words();
+      const std::size_t w = slot / 64;
+      return w < words.size() && ((words[w] >> (slot % 64)) & 1u) != 0;
+    }
+    return std::binary_search(sparse_.begin(), sparse_.end(), slot);
   }
   std::uint64_t count() const { return count_; }
-  const SlotSet* dense() const { return dense_.get(); }
+  const SlotSet* dense() const { return dense_ ? &bits_ : nullptr; }
   const std::vector<std::uint32_t>& sparse() const { return sparse_; }
   template <typename F>
   void for_each(F&& f) const {
     if (dense_) {
-      dense_->for_each(f);
+      bits_.for_each(f);
     } else {
       for (auto s : sparse_) f(s);
     }
@@ -150,15 +161,29 @@ class Posting {
   // Rough costs (about ns) for the planner: testing one slot, and visiting every member.
   double test_cost() const { return dense_ ? 1.5 : 4.0 + log2_of(count_); }
   double visit_cost() const {
-    return dense_ ? static_cast<double>(dense_->words().size()) / 4 + static_cast<double>(count_)
+    return dense_ ? static_cast<double>(bits_.words().size()) / 4 + static_cast<double>(count_)
                   : static_cast<double>(count_);
   }
-  std::size_t bytes() const { return dense_ ? dense_->bytes() : sparse_.capacity() * sizeof(std::uint32_t); }
+  std::size_t bytes() const { return dense_ ? bits_.bytes() : sparse_.capacity() * sizeof(std::uint32_t); }
+
+  // For snapshots: the members as stored, and a posting rebuilt from them.
+  bool is_dense() const { return dense_; }
+  const std::vector<std::uint64_t>& words() const { return bits_.words(); }
+  static Posting restore(std::vector<std::uint32_t> sparse, std::vector<std::uint64_t> words, bool dense,
+                         std::uint64_t count) {
+    Posting p;
+    p.sparse_ = std::move(sparse);
+    p.bits_.words() = std::move(words);
+    p.dense_ = dense;
+    p.count_ = count;
+    return p;
+  }
 
  private:
   std::vector<std::uint32_t> sparse_;
-  std::unique_ptr<SlotSet> dense_;
+  SlotSet bits_;
   std::uint64_t count_ = 0;
+  bool dense_ = false;
 };
 
 // A set of slots produced by evaluating a query: a sorted vector while small, a bitset past that.
@@ -316,21 +341,41 @@ class Ordered {
   // Replaces the content with these entries (any order).
   void build(std::vector<std::pair<double, std::uint32_t>> entries) {
     std::sort(entries.begin(), entries.end());
+    std::vector<double> values(entries.size());
+    std::vector<std::uint32_t> slots(entries.size());
+    for (std::size_t i = 0; i < entries.size(); ++i) {
+      values[i] = entries[i].first;
+      slots[i] = entries[i].second;
+    }
+    assign_sorted(values, slots);
+  }
+
+  // Replaces the content with entries already in (value, slot) order.
+  void assign_sorted(const std::vector<double>& values, const std::vector<std::uint32_t>& slots) {
     chunks_.clear();
-    size_ = entries.size();
+    size_ = values.size();
     constexpr std::size_t kFill = kChunkMax * 3 / 4;  // room to grow before the first splits
-    for (std::size_t i = 0; i < entries.size(); i += kFill) {
+    for (std::size_t i = 0; i < values.size(); i += kFill) {
+      const auto from = static_cast<std::ptrdiff_t>(i);
+      const auto to = static_cast<std::ptrdiff_t>(std::min(values.size(), i + kFill));
       Chunk c;
-      const std::size_t end = std::min(entries.size(), i + kFill);
-      c.values.reserve(end - i);
-      c.slots.reserve(end - i);
-      for (std::size_t j = i; j < end; ++j) {
-        c.values.push_back(entries[j].first);
-        c.slots.push_back(entries[j].second);
-      }
+      c.values.assign(values.begin() + from, values.begin() + to);
+      c.slots.assign(slots.begin() + from, slots.begin() + to);
       chunks_.push_back(std::move(c));
     }
     dirty_ = true;
+  }
+
+  // Every entry in order.
+  void flatten(std::vector<double>& values, std::vector<std::uint32_t>& slots) const {
+    values.clear();
+    slots.clear();
+    values.reserve(size_);
+    slots.reserve(size_);
+    for (const auto& c : chunks_) {
+      values.insert(values.end(), c.values.begin(), c.values.end());
+      slots.insert(slots.end(), c.slots.begin(), c.slots.end());
+    }
   }
 
   void insert(double v, std::uint32_t slot) {
@@ -480,11 +525,82 @@ class Ordered {
   std::size_t size_ = 0;
 };
 
+// The value numbers of a text column, slot -> value id + 1 (0: absent), one, two or four bytes
+// wide as the dictionary needs: most columns have a few dozen values and take a byte per slot,
+// which keeps the column in cache when a query decides its candidates one by one.
+class Codes {
+ public:
+  std::size_t size() const {
+    switch (width_) {
+      case 1: return b8_.size();
+      case 2: return b16_.size();
+      default: return b32_.size();
+    }
+  }
+  std::uint32_t get(std::size_t i) const {
+    switch (width_) {
+      case 1: return i < b8_.size() ? b8_[i] : 0u;
+      case 2: return i < b16_.size() ? b16_[i] : 0u;
+      default: return i < b32_.size() ? b32_[i] : 0u;
+    }
+  }
+  // The slot must be below size().
+  void put(std::size_t i, std::uint32_t code) {
+    switch (width_) {
+      case 1: b8_[i] = static_cast<std::uint8_t>(code); return;
+      case 2: b16_[i] = static_cast<std::uint16_t>(code); return;
+      default: b32_[i] = code; return;
+    }
+  }
+  void resize(std::size_t n) {
+    switch (width_) {
+      case 1: b8_.resize(n, 0); return;
+      case 2: b16_.resize(n, 0); return;
+      default: b32_.resize(n, 0); return;
+    }
+  }
+  // Makes room for codes up to `max_code`.
+  void widen_for(std::uint32_t max_code) {
+    if (width_ == 1 && max_code > 0xff) {
+      b16_.assign(b8_.begin(), b8_.end());
+      b8_ = {};
+      width_ = 2;
+    }
+    if (width_ == 2 && max_code > 0xffff) {
+      b32_.assign(b16_.begin(), b16_.end());
+      b16_ = {};
+      width_ = 4;
+    }
+  }
+  // Calls f with the vector in use (of uint8_t, uint16_t or uint32_t).
+  template <typename F>
+  decltype(auto) visit(F&& f) const {
+    switch (width_) {
+      case 1: return f(b8_);
+      case 2: return f(b16_);
+      default: return f(b32_);
+    }
+  }
+  unsigned width() const { return width_; }
+  std::size_t bytes() const { return b8_.capacity() + 2 * b16_.capacity() + 4 * b32_.capacity(); }
+  // For snapshots.
+  std::vector<std::uint8_t>& b8() { return b8_; }
+  std::vector<std::uint16_t>& b16() { return b16_; }
+  std::vector<std::uint32_t>& b32() { return b32_; }
+  void set_width(unsigned w) { width_ = w; }
+
+ private:
+  unsigned width_ = 1;
+  std::vector<std::uint8_t> b8_;
+  std::vector<std::uint16_t> b16_;
+  std::vector<std::uint32_t> b32_;
+};
+
 // Single-valued text, version and boolean fields: dictionary-encoded.
 struct TextColumn {
   FieldType type = FieldType::text;
   FactPart part = FactPart::record;
-  std::vector<std::uint32_t> code;  // slot -> value id + 1; 0: absent
+  Codes code;  // slot -> value id + 1; 0: absent
   std::vector<std::string> values;
   StringMap<std::uint32_t> ids;
   std::vector<std::uint64_t> counts;
@@ -493,11 +609,12 @@ struct TextColumn {
   std::uint64_t present = 0;
   std::uint64_t touched = 0;  // generation of the last update that set this column
 
-  std::uint32_t get(std::uint32_t slot) const { return slot < code.size() ? code[slot] : 0; }
+  std::uint32_t get(std::uint32_t slot) const { return code.get(slot); }
 
   std::uint32_t intern(std::string_view value) {
     if (auto it = ids.find(value); it != ids.end()) return it->second;
     const auto id = static_cast<std::uint32_t>(values.size());
+    code.widen_for(id + 1);
     values.emplace_back(value);
     ids.emplace(values.back(), id);
     counts.push_back(0);
@@ -514,8 +631,8 @@ struct TextColumn {
 
   // The slot must hold no value.
   void set(std::uint32_t slot, std::uint32_t id, std::size_t slots) {
-    if (slot >= code.size()) code.resize(std::max<std::size_t>(slots, slot + 1), 0);
-    code[slot] = id + 1;
+    if (slot >= code.size()) code.resize(std::max<std::size_t>(slots, slot + 1));
+    code.put(slot, id + 1);
     ++counts[id];
     ++present;
     if (postings_on) postings[id].add(slot, slots);
@@ -524,14 +641,14 @@ struct TextColumn {
   void clear(std::uint32_t slot) {
     const std::uint32_t v = get(slot);
     if (v == 0) return;
-    code[slot] = 0;
+    code.put(slot, 0);
     --counts[v - 1];
     --present;
     if (postings_on) postings[v - 1].remove(slot);
   }
 
   std::size_t bytes() const {
-    std::size_t n = code.capacity() * sizeof(std::uint32_t) + counts.capacity() * sizeof(std::uint64_t);
+    std::size_t n = code.bytes() + counts.capacity() * sizeof(std::uint64_t);
     for (const auto& v : values) n += v.capacity() + sizeof(std::string) + 32;
     for (const auto& p : postings) n += p.bytes() + sizeof(Posting);
     return n;
@@ -722,7 +839,7 @@ struct Plan {
 
 FactPart part_of(std::string_view field) {
   if (field.starts_with("telemetry.")) return FactPart::telemetry;
-  for (std::string_view p : {"software.", "hardware.", "os.", "cpu.", "memory.", "firmware."}) {
+  for (std::string_view p : {"software.", "hardware.", "os.", "cpu.", "memory.", "firmware.", "patch."}) {
     if (field.starts_with(p)) return FactPart::inventory;
   }
   return FactPart::record;
@@ -1099,6 +1216,9 @@ struct FleetIndex::Impl {
         }
       }
       p.test_cost = 2;
+      if (c.postings_on && p.hit_values.size() == 1 && c.postings[p.hit_values.front()].dense() != nullptr) {
+        p.test_cost = 1.5;  // one bit of the posting
+      }
       if (!c.postings_on) p.collect_cost = 1.5 * static_cast<double>(slots());
     } else {
       p.how = Plan::How::nothing;
@@ -1178,17 +1298,19 @@ struct FleetIndex::Impl {
         SlotSet bits;
         bits.resize(n);
         auto& words = bits.words();
-        const std::size_t len = std::min(c.code.size(), n);
-        const std::uint32_t* code = c.code.data();
         const std::uint8_t* hit = p.hit.data();
-        for (std::size_t w = 0; w < len / 64; ++w) {
-          std::uint64_t word = 0;
-          for (unsigned b = 0; b < 64; ++b) word |= static_cast<std::uint64_t>(hit[code[w * 64 + b]]) << b;
-          words[w] = word;
-        }
-        for (std::size_t s = len / 64 * 64; s < len; ++s) {
-          if (hit[code[s]] != 0) bits.set(static_cast<std::uint32_t>(s));
-        }
+        c.code.visit([&](const auto& codes) {
+          const std::size_t len = std::min(codes.size(), n);
+          const auto* code = codes.data();
+          for (std::size_t w = 0; w < len / 64; ++w) {
+            std::uint64_t word = 0;
+            for (unsigned b = 0; b < 64; ++b) word |= static_cast<std::uint64_t>(hit[code[w * 64 + b]]) << b;
+            words[w] = word;
+          }
+          for (std::size_t s = len / 64 * 64; s < len; ++s) {
+            if (hit[code[s]] != 0) bits.set(static_cast<std::uint32_t>(s));
+          }
+        });
         return sel_from_bits(std::move(bits), p.est, n);
       }
       case Plan::How::number: {
@@ -1237,6 +1359,257 @@ struct FleetIndex::Impl {
     }
   }
 
+  // Decides one slot for a predicate.
+  struct SlotTest {
+    const Plan* p = nullptr;
+    const FleetIndex::Impl* m = nullptr;
+    const std::vector<std::uint64_t>* words = nullptr;  // a text value's dense posting: a bit test
+
+    bool operator()(std::uint32_t s) const {
+      switch (p->how) {
+        case Plan::How::id_lookup: return p->est == 1 && s == p->id_slot;
+        case Plan::How::id_scan: return query::value_matches(p->node->predicate, m->slot_id[s], 0);
+        case Plan::How::text: {
+          if (words != nullptr) return s / 64 < words->size() && (((*words)[s / 64] >> (s % 64)) & 1u) != 0;
+          return p->hit[p->text->code.get(s)] != 0;
+        }
+        case Plan::How::number: {
+          const auto& values = p->number->value_of;
+          return p->range.valid && s < values.size() && p->range(values[s]);
+        }
+        case Plan::How::postings:
+          for (const Posting* posting : p->postings) {
+            if (posting->test(s)) return true;
+          }
+          return false;
+        default: return false;
+      }
+    }
+
+    // Keeps, in place and in order, those of slots[0..n) that match; returns how many. One
+    // dispatch per batch, then a loop without branches on the outcome.
+    std::size_t keep(std::uint32_t* slots, std::size_t n) const {
+      std::size_t k = 0;
+      if (words != nullptr) {
+        const std::uint64_t* w = words->data();
+        const std::size_t size = words->size();
+        for (std::size_t i = 0; i < n; ++i) {
+          const std::uint32_t s = slots[i];
+          slots[k] = s;
+          k += s / 64 < size ? ((w[s / 64] >> (s % 64)) & 1u) : 0u;
+        }
+        return k;
+      }
+      switch (p->how) {
+        case Plan::How::text:
+          return p->text->code.visit([&](const auto& codes) {
+            const auto* code = codes.data();
+            const std::size_t size = codes.size();
+            const std::uint8_t* hit = p->hit.data();
+            for (std::size_t i = 0; i < n; ++i) {
+              const std::uint32_t s = slots[i];
+              slots[k] = s;
+              k += s < size ? hit[code[s]] : 0u;
+            }
+            return k;
+          });
+        case Plan::How::number: {
+          if (!p->range.valid) return 0;
+          const double* values = p->number->value_of.data();
+          const std::size_t size = p->number->value_of.size();
+          const Range r = p->range;
+          for (std::size_t i = 0; i < n; ++i) {
+            const std::uint32_t s = slots[i];
+            slots[k] = s;
+            k += s < size && r(values[s]) ? 1u : 0u;
+          }
+          return k;
+        }
+        default:
+          for (std::size_t i = 0; i < n; ++i) {
+            if ((*this)(slots[i])) slots[k++] = slots[i];
+          }
+          return k;
+      }
+    }
+  };
+
+  SlotTest tester(const Plan& p) const {
+    SlotTest t{&p, this, nullptr};
+    if (p.how == Plan::How::text && p.text->postings_on && p.hit_values.size() == 1) {
+      if (const SlotSet* d = p.text->postings[p.hit_values.front()].dense()) t.words = &d->words();
+    }
+    return t;
+  }
+
+  // The order in which an AND decides its children: the classic rank (cost of deciding a device
+  // over the share of devices it rejects) puts cheap, selective tests first. Without candidates,
+  // the first child is the one whose collection plus the tests of the others on its matches
+  // costs least.
+  std::vector<const Plan*> and_order(const Plan& p, bool has_candidates) const {
+    std::vector<const Plan*> order;
+    for (const auto& c : p.children) order.push_back(&c);
+    const double live_n = std::max(1.0, static_cast<double>(slot_of.size()));
+    auto rank = [&](const Plan* c) {
+      const double rejects = 1.0 - static_cast<double>(c->est) / live_n;
+      return c->test_cost / std::max(rejects, 1e-6);
+    };
+    std::stable_sort(order.begin(), order.end(), [&](const Plan* a, const Plan* b) { return rank(a) < rank(b); });
+    if (!has_candidates) {
+      double tests = 0;
+      for (const Plan* c : order) tests += c->test_cost;
+      auto cost = [&](const Plan* c) { return c->collect_cost + static_cast<double>(c->est) * (tests - c->test_cost); };
+      auto first = std::min_element(order.begin(), order.end(),
+                                    [&](const Plan* a, const Plan* b) { return cost(a) < cost(b); });
+      std::rotate(order.begin(), first, first + 1);
+    }
+    return order;
+  }
+
+  static bool is_predicate(const Plan& p) {
+    return p.how != Plan::How::all && p.how != Plan::How::and_ && p.how != Plan::How::or_ && p.how != Plan::How::not_;
+  }
+
+  // Visits every match of a predicate over the whole fleet, each once, without collecting them
+  // when it can.
+  template <typename F>
+  void stream(const Plan& p, F&& f) const {
+    switch (p.how) {
+      case Plan::How::id_lookup:
+        if (p.est == 1) f(p.id_slot);
+        return;
+      case Plan::How::text:
+        if (p.text->postings_on) {
+          for (auto v : p.hit_values) p.text->postings[v].for_each(f);
+          return;
+        }
+        p.text->code.visit([&](const auto& codes) {
+          for (std::size_t s = 0; s < codes.size(); ++s) {
+            if (p.hit[codes[s]] != 0) f(static_cast<std::uint32_t>(s));
+          }
+        });
+        return;
+      case Plan::How::number:
+        if (p.range.valid) {
+          p.number->order.visit(p.rank_from, p.rank_to, false, [&](double, std::uint32_t s) {
+            f(s);
+            return true;
+          });
+        }
+        return;
+      case Plan::How::postings:
+        if (p.postings.size() == 1) {
+          p.postings.front()->for_each(f);
+          return;
+        }
+        break;
+      case Plan::How::nothing: return;
+      default: break;
+    }
+    std::string how;
+    collect(p, how).for_each(f);
+  }
+
+  // The bitsets whose union is a predicate's matches, when it is a union of at most `most`
+  // postings that are all bitsets.
+  bool dense_union(const Plan& p, std::size_t most, std::vector<const std::vector<std::uint64_t>*>& out) const {
+    out.clear();
+    auto take = [&](const Posting& posting) {
+      const SlotSet* d = posting.dense();
+      if (d == nullptr) return false;
+      out.push_back(&d->words());
+      return true;
+    };
+    if (p.how == Plan::How::text && p.text->postings_on) {
+      for (auto v : p.hit_values) {
+        if (!take(p.text->postings[v])) return false;
+      }
+    } else if (p.how == Plan::How::postings) {
+      for (const Posting* posting : p.postings) {
+        if (!take(*posting)) return false;
+      }
+    } else {
+      return false;
+    }
+    return out.size() <= most;
+  }
+
+  // An AND of predicates, counted without building any set. When the child it starts from is a
+  // union of bitsets, 64 devices at a time: the words of the children that are bitsets too are
+  // ANDed in, and only the devices left are decided one by one by the others. Otherwise the
+  // starting child's matches are streamed (a posting, a stretch of the value order) and decided
+  // in batches.
+  std::optional<std::uint64_t> count_and(const Plan& p) const {
+    if (!std::all_of(p.children.begin(), p.children.end(), is_predicate)) return std::nullopt;
+    const auto order = and_order(p, false);
+    std::array<std::uint32_t, 1024> batch{};
+    std::size_t in_batch = 0;
+    std::uint64_t n = 0;
+    std::vector<SlotTest> tests;
+    auto flush = [&] {
+      std::size_t k = in_batch;
+      for (const auto& t : tests) {
+        if (k == 0) break;
+        k = t.keep(batch.data(), k);
+      }
+      n += k;
+      in_batch = 0;
+    };
+    std::vector<const std::vector<std::uint64_t>*> driver, words;
+    bool word_mode = dense_union(*order.front(), 8, driver);
+    Sel collected;
+    if (!word_mode && !sparse_size(order.front()->est, slots())) {
+      // Many matches: collected once into a bitset, then handled a word at a time too.
+      std::string how;
+      collected = collect(*order.front(), how);
+      if (collected.dense) {
+        driver.assign(1, &collected.bits.words());
+        word_mode = true;
+      }
+    }
+    if (word_mode) {
+      std::vector<std::vector<const std::vector<std::uint64_t>*>> word_tests;
+      for (std::size_t i = 1; i < order.size(); ++i) {
+        if (dense_union(*order[i], 2, words)) {
+          word_tests.push_back(words);
+        } else {
+          tests.push_back(tester(*order[i]));
+        }
+      }
+      auto word_of = [](const std::vector<const std::vector<std::uint64_t>*>& sets, std::size_t w) {
+        std::uint64_t x = 0;
+        for (const auto* set : sets) x |= w < set->size() ? (*set)[w] : 0;
+        return x;
+      };
+      const std::size_t nw = words_for(slots());
+      for (std::size_t w = 0; w < nw; ++w) {
+        std::uint64_t x = word_of(driver, w);
+        for (const auto& t : word_tests) {
+          if (x == 0) break;
+          x &= word_of(t, w);
+        }
+        if (x == 0) continue;
+        if (tests.empty()) {
+          n += static_cast<std::uint64_t>(__builtin_popcountll(x));
+          continue;
+        }
+        for (; x != 0; x &= x - 1) {
+          batch[in_batch++] = static_cast<std::uint32_t>(w * 64 + static_cast<std::size_t>(__builtin_ctzll(x)));
+          if (in_batch == batch.size()) flush();
+        }
+      }
+      flush();
+      return n;
+    }
+    for (std::size_t i = 1; i < order.size(); ++i) tests.push_back(tester(*order[i]));
+    stream(*order.front(), [&](std::uint32_t s) {
+      batch[in_batch++] = s;
+      if (in_batch == batch.size()) flush();
+    });
+    flush();
+    return n;
+  }
+
   // The candidates that match a predicate, testing each.
   Sel filter_predicate(const Plan& p, const Sel& cand) const {
     const std::size_t n = slots();
@@ -1250,10 +1623,13 @@ struct FleetIndex::Impl {
         return filter(
             cand, [&](std::uint32_t s) { return query::value_matches(p.node->predicate, slot_id[s], 0); }, n);
       case Plan::How::text: {
-        const auto& code = p.text->code;
+        const SlotTest t = tester(p);
+        if (t.words != nullptr) return filter(cand, t, n);
         const std::uint8_t* hit = p.hit.data();
-        return filter(
-            cand, [&](std::uint32_t s) { return s < code.size() && hit[code[s]] != 0; }, n);
+        return p.text->code.visit([&](const auto& code) {
+          return filter(
+              cand, [&](std::uint32_t s) { return s < code.size() && hit[code[s]] != 0; }, n);
+        });
       }
       case Plan::How::number: {
         if (!p.range.valid) return {};
@@ -1308,19 +1684,7 @@ struct FleetIndex::Impl {
         // Most selective first: each child then only decides the devices that passed those
         // before it. Without candidates, the first child is the one whose collection plus the
         // tests of the rest on its matches is cheapest.
-        std::vector<const Plan*> order;
-        for (const auto& c : p.children) order.push_back(&c);
-        std::stable_sort(order.begin(), order.end(), [](const Plan* a, const Plan* b) { return a->est < b->est; });
-        if (cand == nullptr) {
-          double tests = 0;
-          for (const Plan* c : order) tests += c->test_cost;
-          auto cost = [&](const Plan* c) {
-            return c->collect_cost + static_cast<double>(c->est) * (tests - c->test_cost);
-          };
-          auto first = std::min_element(order.begin(), order.end(),
-                                        [&](const Plan* a, const Plan* b) { return cost(a) < cost(b); });
-          std::rotate(order.begin(), first, first + 1);
-        }
+        const auto order = and_order(p, cand != nullptr);
         std::vector<std::string> sub;
         Sel acc;
         const Sel* current = cand;
@@ -1374,13 +1738,23 @@ struct FleetIndex::Impl {
       case Plan::How::number:
       case Plan::How::id_lookup:
       case Plan::How::nothing: return p.est;
-      case Plan::How::postings:
+      case Plan::How::postings: {
         if (p.postings.size() == 1) return p.postings.front()->count();
         if (p.postings.empty()) return 0;
-        return std::nullopt;
+        std::vector<const std::vector<std::uint64_t>*> sets;
+        if (!dense_union(p, 8, sets)) return std::nullopt;
+        std::uint64_t n = 0;
+        for (std::size_t w = 0, nw = words_for(slots()); w < nw; ++w) {
+          std::uint64_t x = 0;
+          for (const auto* set : sets) x |= w < set->size() ? (*set)[w] : 0;
+          n += static_cast<std::uint64_t>(__builtin_popcountll(x));
+        }
+        return n;
+      }
       case Plan::How::not_:
         if (auto inner = quick_count(p.children.front())) return slot_of.size() - *inner;
         return std::nullopt;
+      case Plan::How::and_: return count_and(p);
       default: return std::nullopt;
     }
   }
@@ -1471,6 +1845,8 @@ FleetIndex::FleetIndex(FleetIndex&&) noexcept = default;
 FleetIndex& FleetIndex::operator=(FleetIndex&&) noexcept = default;
 
 std::size_t FleetIndex::size() const { return impl_->slot_of.size(); }
+
+bool FleetIndex::contains(std::string_view id) const { return impl_->slot_of.contains(id); }
 
 void FleetIndex::upsert(const DeviceFacts& facts) { impl_->apply(facts, std::nullopt); }
 
@@ -1854,6 +2230,420 @@ std::optional<DeviceFacts> FleetIndex::facts(std::string_view id) const {
     }
   }
   return f;
+}
+
+namespace {
+
+constexpr std::string_view kSnapshotMagic = "flotilla fleet index snapshot";
+constexpr std::uint32_t kSnapshotFormat = 1;
+
+// A 64-bit checksum of a byte stream, 8 bytes at a time whatever the pieces it arrives in.
+class StreamHash {
+ public:
+  void update(const void* data, std::size_t n) {
+    const auto* p = static_cast<const unsigned char*>(data);
+    while (n > 0 && pending_ > 0) {
+      add_byte(*p++);
+      --n;
+    }
+    for (; n >= 8; n -= 8, p += 8) {
+      std::uint64_t w = 0;
+      std::memcpy(&w, p, 8);
+      mix(w);
+    }
+    for (; n > 0; --n) add_byte(*p++);
+  }
+  std::uint64_t digest() const {
+    std::uint64_t h = h_ ^ (buffer_ * 0x9e3779b97f4a7c15ULL) ^ total_;
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdULL;
+    h ^= h >> 33;
+    return h;
+  }
+
+ private:
+  void add_byte(unsigned char b) {
+    buffer_ |= static_cast<std::uint64_t>(b) << (8 * pending_);
+    if (++pending_ == 8) {
+      mix(buffer_);
+      buffer_ = 0;
+      pending_ = 0;
+    }
+  }
+  void mix(std::uint64_t w) {
+    h_ ^= w * 0x87c37b91114253d5ULL;
+    h_ = ((h_ << 31) | (h_ >> 33)) * 0x4cf5ad432745937fULL;
+    total_ += 8;
+  }
+  std::uint64_t h_ = 0x243f6a8885a308d3ULL, buffer_ = 0, total_ = 0;
+  unsigned pending_ = 0;
+};
+
+class SnapshotWriter {
+ public:
+  explicit SnapshotWriter(std::FILE* f) : f_(f) {}
+  void bytes(const void* p, std::size_t n) {
+    if (n == 0) return;
+    hash_.update(p, n);
+    if (ok_ && std::fwrite(p, 1, n, f_) != n) ok_ = false;
+  }
+  void u8(std::uint8_t v) { bytes(&v, 1); }
+  void u32(std::uint32_t v) { bytes(&v, sizeof v); }
+  void u64(std::uint64_t v) { bytes(&v, sizeof v); }
+  void str(std::string_view v) {
+    u64(v.size());
+    bytes(v.data(), v.size());
+  }
+  template <typename T>
+  void vec(const std::vector<T>& v) {
+    u64(v.size());
+    bytes(v.data(), v.size() * sizeof(T));
+  }
+  void posting(const Posting& p) {
+    u8(p.is_dense() ? 1 : 0);
+    u64(p.count());
+    if (p.is_dense()) {
+      vec(p.words());
+    } else {
+      vec(p.sparse());
+    }
+  }
+  // Per-slot lists as offsets and one array.
+  void lists(const std::vector<std::vector<std::uint32_t>>& lists) {
+    u64(lists.size());
+    std::uint64_t total = 0;
+    for (const auto& l : lists) total += l.size();
+    u64(total);
+    for (const auto& l : lists) u32(static_cast<std::uint32_t>(l.size()));
+    for (const auto& l : lists) bytes(l.data(), l.size() * sizeof(std::uint32_t));
+  }
+  Status finish() {
+    const std::uint64_t digest = hash_.digest();
+    if (ok_ && std::fwrite(&digest, 1, sizeof digest, f_) != sizeof digest) ok_ = false;
+    if (!ok_ || std::fflush(f_) != 0) return make_error(Errc::io_error, "index snapshot: write failed");
+    return {};
+  }
+
+ private:
+  std::FILE* f_;
+  StreamHash hash_;
+  bool ok_ = true;
+};
+
+// Reads what SnapshotWriter wrote; every size is checked against the bytes left before anything
+// is allocated, so a damaged file fails cleanly.
+class SnapshotReader {
+ public:
+  SnapshotReader(std::FILE* f, std::uint64_t size) : f_(f), left_(size) {}
+  bool ok() const { return error_.empty(); }
+  const std::string& error() const { return error_; }
+  void fail(std::string what) {
+    if (error_.empty()) error_ = std::move(what);
+  }
+  bool bytes(void* p, std::size_t n) {
+    if (!ok()) return false;
+    if (n > left_) {
+      fail("truncated");
+      return false;
+    }
+    if (n > 0 && std::fread(p, 1, n, f_) != n) {
+      fail("read failed");
+      return false;
+    }
+    left_ -= n;
+    hash_.update(p, n);
+    return true;
+  }
+  std::uint8_t u8() {
+    std::uint8_t v = 0;
+    bytes(&v, 1);
+    return v;
+  }
+  std::uint32_t u32() {
+    std::uint32_t v = 0;
+    bytes(&v, sizeof v);
+    return v;
+  }
+  std::uint64_t u64() {
+    std::uint64_t v = 0;
+    bytes(&v, sizeof v);
+    return v;
+  }
+  // A count of items of at least `item` bytes each that the rest of the file can hold.
+  std::uint64_t count(std::size_t item) {
+    const std::uint64_t n = u64();
+    if (ok() && n > left_ / std::max<std::size_t>(1, item)) fail("a count larger than the file");
+    return ok() ? n : 0;
+  }
+  std::string str() {
+    std::string s(count(1), '\0');
+    bytes(s.data(), s.size());
+    return s;
+  }
+  template <typename T>
+  std::vector<T> vec() {
+    std::vector<T> v(count(sizeof(T)));
+    bytes(v.data(), v.size() * sizeof(T));
+    return v;
+  }
+  Posting posting(std::size_t slots) {
+    const bool dense = u8() != 0;
+    const std::uint64_t n = u64();
+    std::vector<std::uint32_t> sparse;
+    std::vector<std::uint64_t> words;
+    if (dense) {
+      words = vec<std::uint64_t>();
+      std::uint64_t bits = 0;
+      for (auto w : words) bits += static_cast<std::uint64_t>(__builtin_popcountll(w));
+      if (bits != n || words.size() > words_for(slots)) fail("a posting does not match its count");
+    } else {
+      sparse = vec<std::uint32_t>();
+      if (sparse.size() != n || !std::is_sorted(sparse.begin(), sparse.end()) ||
+          (!sparse.empty() && sparse.back() >= slots)) {
+        fail("a posting is out of order or out of range");
+      }
+    }
+    return Posting::restore(std::move(sparse), std::move(words), dense, n);
+  }
+  std::vector<std::vector<std::uint32_t>> lists(std::size_t slots, std::size_t limit) {
+    const std::uint64_t n = count(sizeof(std::uint32_t));
+    const std::uint64_t total = count(sizeof(std::uint32_t));
+    if (n != slots) fail("per-slot lists of another fleet size");
+    std::vector<std::uint32_t> sizes(ok() ? n : 0);
+    bytes(sizes.data(), sizes.size() * sizeof(std::uint32_t));
+    std::uint64_t sum = 0;
+    for (auto s : sizes) sum += s;
+    if (sum != total) fail("per-slot lists do not add up");
+    std::vector<std::vector<std::uint32_t>> out(ok() ? n : 0);
+    for (std::size_t i = 0; i < out.size() && ok(); ++i) {
+      out[i].resize(sizes[i]);
+      bytes(out[i].data(), sizes[i] * sizeof(std::uint32_t));
+      for (auto e : out[i]) {
+        if (e >= limit) fail("a per-slot entry out of range");
+      }
+    }
+    return out;
+  }
+  // Reads the trailing checksum and compares it with what was read.
+  void finish() {
+    const std::uint64_t digest = hash_.digest();
+    std::uint64_t stored = 0;
+    if (!ok()) return;
+    if (left_ != sizeof stored || std::fread(&stored, 1, sizeof stored, f_) != sizeof stored) {
+      fail("no checksum at the end");
+    } else if (stored != digest) {
+      fail("checksum mismatch");
+    }
+  }
+
+ private:
+  std::FILE* f_;
+  std::uint64_t left_;
+  StreamHash hash_;
+  std::string error_;
+};
+
+std::uint8_t part_byte(FactPart p) { return static_cast<std::uint8_t>(p); }
+std::uint8_t type_byte(FieldType t) { return static_cast<std::uint8_t>(t); }
+
+}  // namespace
+
+Status FleetIndex::write_snapshot(std::FILE* out) const {
+  const auto& m = *impl_;
+  SnapshotWriter w(out);
+  w.str(kSnapshotMagic);
+  w.u32(kSnapshotFormat);
+  w.u64(m.slot_id.size());
+  for (const auto& id : m.slot_id) w.str(id);
+  w.vec(m.free_slots);
+  w.vec(m.live.words());
+  w.u64(m.text.size());
+  for (const auto& [name, c] : m.text) {
+    w.str(name);
+    w.u8(type_byte(c.type));
+    w.u8(part_byte(c.part));
+    w.u8(static_cast<std::uint8_t>(c.code.width()));
+    c.code.visit([&](const auto& v) { w.vec(v); });
+    w.u64(c.values.size());
+    for (const auto& v : c.values) w.str(v);
+    w.vec(c.counts);
+    w.u8(c.postings_on ? 1 : 0);
+    w.u64(c.present);
+    if (c.postings_on) {
+      for (const auto& p : c.postings) w.posting(p);
+    }
+  }
+  w.u64(m.numbers.size());
+  std::vector<double> values;
+  std::vector<std::uint32_t> slots;
+  for (const auto& [name, c] : m.numbers) {
+    w.str(name);
+    w.u8(type_byte(c.type));
+    w.u8(part_byte(c.part));
+    w.vec(c.value_of);
+    w.u64(c.present);
+    c.sorted().flatten(values, slots);  // stored, so that loading need not sort
+    w.vec(values);
+    w.vec(slots);
+  }
+  // Multi-valued columns, then software columns, numbered in that order for the entries.
+  std::map<const MultiColumn*, std::uint32_t> number_of;
+  for (const auto* columns : {&m.multi, &m.software}) {
+    w.u64(columns->size());
+    for (const auto& [key, c] : *columns) {
+      number_of.emplace(&c, static_cast<std::uint32_t>(number_of.size()));
+      w.str(key);
+      w.str(c.field);
+      w.str(c.package);
+      w.u8(part_byte(c.part));
+      w.u64(c.values.size());
+      for (const auto& v : c.values) w.str(v);
+      w.vec(c.entry);
+    }
+  }
+  w.u64(m.entries.size());
+  for (const auto& e : m.entries) {
+    w.u32(number_of.at(e.column));
+    w.u32(e.value);
+    w.posting(e.posting);
+  }
+  w.lists(m.multi_of);
+  w.lists(m.software_of);
+  return w.finish();
+}
+
+Result<FleetIndex> FleetIndex::read_snapshot(std::FILE* in, std::uint64_t size) {
+  FleetIndex index;
+  auto& m = *index.impl_;
+  SnapshotReader r(in, size);
+  auto bad = [&]() { return make_error(Errc::corruption, "index snapshot: {}", r.error()); };
+  if (r.str() != kSnapshotMagic || r.u32() != kSnapshotFormat) r.fail("not a snapshot of this format");
+  const std::uint64_t slots = r.count(sizeof(std::uint64_t));
+  if (slots >= std::numeric_limits<std::uint32_t>::max()) r.fail("too many slots");
+  if (!r.ok()) return bad();
+  m.slot_id.resize(slots);
+  for (auto& id : m.slot_id) id = r.str();
+  m.free_slots = r.vec<std::uint32_t>();
+  m.live.words() = r.vec<std::uint64_t>();
+  if (!r.ok()) return bad();
+  if (m.live.words().size() > words_for(slots)) r.fail("live set larger than the fleet");
+  for (auto s : m.free_slots) {
+    if (s >= slots || m.live.test(s) || !m.slot_id[s].empty()) r.fail("a free slot in use");
+  }
+  m.slot_of.reserve(slots);
+  for (std::uint32_t s = 0; s < slots && r.ok(); ++s) {
+    if (!m.live.test(s)) continue;
+    if (!m.slot_of.emplace(m.slot_id[s], s).second) r.fail("a device id twice");
+  }
+  if (!r.ok()) return bad();
+  auto read_part = [&]() {
+    const auto p = r.u8();
+    if (p > 2) r.fail("a column of no part");
+    return static_cast<FactPart>(p);
+  };
+  auto read_type = [&]() {
+    const auto t = r.u8();
+    if (t > type_byte(FieldType::time)) r.fail("a column of no type");
+    return static_cast<FieldType>(t);
+  };
+  for (std::uint64_t n = r.count(1); n > 0 && r.ok(); --n) {
+    auto [it, inserted] = m.text.try_emplace(r.str());
+    if (!inserted) r.fail("a text column twice");
+    TextColumn& c = it->second;
+    c.type = read_type();
+    c.part = read_part();
+    const auto width = r.u8();
+    c.code.set_width(width);
+    if (width == 1) {
+      c.code.b8() = r.vec<std::uint8_t>();
+    } else if (width == 2) {
+      c.code.b16() = r.vec<std::uint16_t>();
+    } else if (width == 4) {
+      c.code.b32() = r.vec<std::uint32_t>();
+    } else {
+      r.fail("a text column of no width");
+    }
+    c.values.resize(r.count(sizeof(std::uint64_t)));
+    for (auto& v : c.values) v = r.str();
+    c.counts = r.vec<std::uint64_t>();
+    c.postings_on = r.u8() != 0;
+    c.present = r.u64();
+    if (c.postings_on) {
+      c.postings.reserve(c.values.size());
+      for (std::size_t v = 0; v < c.values.size() && r.ok(); ++v) c.postings.push_back(r.posting(slots));
+    }
+    if (c.counts.size() != c.values.size() || c.code.size() > slots) r.fail("a text column of inconsistent sizes");
+    c.code.visit([&](const auto& codes) {
+      for (auto code : codes) {
+        if (code > c.values.size()) r.fail("a text value out of range");
+      }
+    });
+    c.ids.reserve(c.values.size());
+    for (std::uint32_t v = 0; v < c.values.size() && r.ok(); ++v) c.ids.emplace(c.values[v], v);
+    m.text_parts[static_cast<std::size_t>(c.part)].push_back(&c);
+  }
+  std::vector<double> values;
+  std::vector<std::uint32_t> order_slots;
+  for (std::uint64_t n = r.count(1); n > 0 && r.ok(); --n) {
+    auto [it, inserted] = m.numbers.try_emplace(r.str());
+    if (!inserted) r.fail("a number column twice");
+    NumberColumn& c = it->second;
+    c.type = read_type();
+    c.part = read_part();
+    c.value_of = r.vec<double>();
+    c.present = r.u64();
+    values = r.vec<double>();
+    order_slots = r.vec<std::uint32_t>();
+    if (c.value_of.size() > slots || values.size() != order_slots.size() || values.size() != c.present) {
+      r.fail("a number column of inconsistent sizes");
+    }
+    for (std::size_t i = 0; i < values.size() && r.ok(); ++i) {
+      if (order_slots[i] >= c.value_of.size() || !(c.value_of[order_slots[i]] == values[i]) ||
+          (i > 0 &&
+           (values[i] < values[i - 1] || (values[i] == values[i - 1] && order_slots[i] <= order_slots[i - 1])))) {
+        r.fail("a value order that does not match its column");
+      }
+    }
+    c.order.assign_sorted(values, order_slots);
+    c.ordered = true;
+    m.number_parts[static_cast<std::size_t>(c.part)].push_back(&c);
+  }
+  std::vector<MultiColumn*> columns;
+  for (auto* map : {&m.multi, &m.software}) {
+    for (std::uint64_t n = r.count(1); n > 0 && r.ok(); --n) {
+      auto [it, inserted] = map->try_emplace(r.str());
+      MultiColumn& c = it->second;
+      c.field = r.str();
+      c.package = r.str();
+      c.part = read_part();
+      if (!inserted || c.package.empty() != (map == &m.multi)) r.fail("a multi-valued column twice or misplaced");
+      c.values.resize(r.count(sizeof(std::uint64_t)));
+      for (auto& v : c.values) v = r.str();
+      c.entry = r.vec<std::uint32_t>();
+      if (c.entry.size() != c.values.size()) r.fail("a multi-valued column of inconsistent sizes");
+      if (c.values.size() > kLinearDictionary) {
+        for (std::uint32_t v = 0; v < c.values.size(); ++v) c.ids.emplace(c.values[v], v);
+      }
+      columns.push_back(&c);
+    }
+  }
+  const std::uint64_t entries = r.count(2 * sizeof(std::uint32_t));
+  m.entries.reserve(entries);
+  for (std::uint64_t e = 0; e < entries && r.ok(); ++e) {
+    const std::uint32_t column = r.u32();
+    const std::uint32_t value = r.u32();
+    Posting p = r.posting(slots);
+    if (column >= columns.size() || value >= columns[column]->values.size() || columns[column]->entry[value] != e) {
+      r.fail("an entry of no column");
+      break;
+    }
+    m.entries.push_back({columns[column], value, std::move(p)});
+  }
+  m.multi_of = r.lists(slots, m.entries.size());
+  m.software_of = r.lists(slots, m.entries.size());
+  r.finish();
+  if (!r.ok()) return bad();
+  return index;
 }
 
 std::pair<std::size_t, std::size_t> FleetIndex::memory_bytes() const {

@@ -1,10 +1,19 @@
 #include "flotilla/manager/index_load.hpp"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <optional>
 #include <string_view>
 
 #include <fmt/format.h>
 
+#include "flotilla/core/version.hpp"
 #include "flotilla/manager/facts.hpp"
 #include "flotilla/v1/device.pb.h"
 
@@ -14,6 +23,103 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 double ms_since(Clock::time_point t0) { return std::chrono::duration<double, std::milli>(Clock::now() - t0).count(); }
+
+constexpr std::string_view kSnapshotHeader = "flotilla index snapshot\n";
+
+// Owns a FILE*.
+struct File {
+  std::FILE* f = nullptr;
+  File() = default;
+  File(const File&) = delete;
+  File& operator=(const File&) = delete;
+  ~File() {
+    if (f != nullptr) std::fclose(f);
+  }
+};
+
+bool write_text(std::FILE* f, std::string_view text) {
+  const std::uint64_t n = text.size();
+  return std::fwrite(&n, sizeof n, 1, f) == 1 && std::fwrite(text.data(), 1, text.size(), f) == text.size();
+}
+
+std::optional<std::string> read_text(std::FILE* f, std::uint64_t& left) {
+  std::uint64_t n = 0;
+  if (left < sizeof n || std::fread(&n, sizeof n, 1, f) != 1 || n > left - sizeof n || n > 4096) return std::nullopt;
+  std::string text(n, '\0');
+  if (n > 0 && std::fread(text.data(), 1, n, f) != n) return std::nullopt;
+  left -= sizeof n + n;
+  return text;
+}
+
+// The index of the snapshot in `file` when it may stand for the store now (see load_index);
+// otherwise nullopt and `note` says why. The file is gone afterwards either way.
+std::optional<FleetIndex> read_snapshot(const Store& store, const Registry& registry, const std::filesystem::path& file,
+                                        std::string& note) {
+  std::error_code ignored;
+  std::filesystem::remove(file.native() + ".tmp", ignored);  // left by a save that did not finish
+  const int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    note = errno == ENOENT ? "no snapshot" : fmt::format("snapshot {}: {}", file.native(), std::strerror(errno));
+    return std::nullopt;
+  }
+  File in;
+  in.f = ::fdopen(fd, "rb");
+  if (in.f == nullptr) {
+    ::close(fd);
+    note = fmt::format("snapshot {}: {}", file.native(), std::strerror(errno));
+    return std::nullopt;
+  }
+  // One start-up only: gone before it is used (reading goes on through the open descriptor).
+  if (::unlink(file.c_str()) != 0) {
+    note = fmt::format("snapshot {} cannot be removed ({}), so it is not used", file.native(), std::strerror(errno));
+    return std::nullopt;
+  }
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    note = fmt::format("snapshot {}: {}", file.native(), std::strerror(errno));
+    return std::nullopt;
+  }
+  std::uint64_t left = static_cast<std::uint64_t>(st.st_size);
+  std::string header(kSnapshotHeader.size(), '\0');
+  if (left < header.size() || std::fread(header.data(), 1, header.size(), in.f) != header.size() ||
+      header != kSnapshotHeader) {
+    note = "not an index snapshot";
+    return std::nullopt;
+  }
+  left -= header.size();
+  const auto version = read_text(in.f, left);
+  const auto token = read_text(in.f, left);
+  if (!version || !token) {
+    note = "a damaged snapshot header";
+    return std::nullopt;
+  }
+  if (*version != flotilla::version) {
+    note = fmt::format("a snapshot of Flotilla {} (this is {})", *version, flotilla::version);
+    return std::nullopt;
+  }
+  const std::string now = store.state_token();
+  if (token->empty() || now.empty() || *token != now) {
+    note = "the store changed since the snapshot was saved";
+    return std::nullopt;
+  }
+  auto index = FleetIndex::read_snapshot(in.f, left);
+  if (!index) {
+    note = index.error().message;
+    return std::nullopt;
+  }
+  const auto& devices = registry.devices();
+  if (index->size() != devices.size()) {
+    note = fmt::format("a snapshot of {} devices for a registry of {}", index->size(), devices.size());
+    return std::nullopt;
+  }
+  for (const auto& [id, record] : devices) {
+    if (!index->contains(id)) {
+      note = fmt::format("device {} missing from the snapshot", id);
+      return std::nullopt;
+    }
+  }
+  return std::move(index).value();
+}
 
 // Passes facts on to another sink, counting them.
 class Counting final : public FactSink {
@@ -35,7 +141,8 @@ class Counting final : public FactSink {
 
 }  // namespace
 
-Result<LoadedIndex> load_index(const Store& store, const Registry& registry, const Groups& groups) {
+Result<LoadedIndex> load_index(const Store& store, const Registry& registry, const Groups& groups,
+                               const std::filesystem::path* snapshot) {
   LoadedIndex out;
   Status bad;
   auto t0 = Clock::now();
@@ -51,6 +158,17 @@ Result<LoadedIndex> load_index(const Store& store, const Registry& registry, con
   if (!scanned) return std::move(scanned).error();
   if (!bad) return std::move(bad).error();
   out.read_ms += ms_since(t0);
+
+  if (snapshot != nullptr) {
+    t0 = Clock::now();
+    auto index = read_snapshot(store, registry, *snapshot, out.snapshot_note);
+    out.read_ms += ms_since(t0);
+    if (index) {
+      out.index = std::move(*index);
+      out.from_snapshot = true;
+      return out;
+    }
+  }
 
   // The record part of every device, in id order (so slots follow ids), with its labels (the
   // two maps are joined in key order) and group memberships.
@@ -112,6 +230,41 @@ Result<LoadedIndex> load_index(const Store& store, const Registry& registry, con
   out.index.finish_load();
   out.index_ms += ms_since(t0);
   return out;
+}
+
+Status save_index_snapshot(Store& store, const FleetIndex& index, const std::filesystem::path& file) {
+  // An empty synced batch makes every earlier write durable, so the state named below cannot be
+  // lost to a crash while the snapshot survives it.
+  if (auto st = store.write(Batch{}, true); !st) return st;
+  const std::string token = store.state_token();
+  if (token.empty()) return make_error(Errc::invalid_argument, "index snapshot: the store cannot name its state");
+  const std::string tmp = file.native() + ".tmp";
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) return make_error(Errc::io_error, "index snapshot {}: {}", tmp, std::strerror(errno));
+  File out;
+  out.f = ::fdopen(fd, "wb");
+  if (out.f == nullptr) {
+    ::close(fd);
+    return make_error(Errc::io_error, "index snapshot {}: {}", tmp, std::strerror(errno));
+  }
+  auto failed = [&](std::string_view what) {
+    std::error_code ignored;
+    std::filesystem::remove(tmp, ignored);
+    return make_error(Errc::io_error, "index snapshot {}: {}", tmp, what);
+  };
+  if (std::fwrite(kSnapshotHeader.data(), 1, kSnapshotHeader.size(), out.f) != kSnapshotHeader.size() ||
+      !write_text(out.f, flotilla::version) || !write_text(out.f, token)) {
+    return failed("write failed");
+  }
+  if (auto st = index.write_snapshot(out.f); !st) return failed(st.error().message);
+  if (std::fflush(out.f) != 0 || ::fsync(fd) != 0) return failed(std::strerror(errno));
+  const int closed = std::fclose(out.f);
+  out.f = nullptr;
+  if (closed != 0) return failed(std::strerror(errno));
+  std::error_code ec;
+  std::filesystem::rename(tmp, file, ec);
+  if (ec) return failed(ec.message());
+  return {};
 }
 
 }  // namespace flotilla::manager

@@ -199,7 +199,7 @@ struct JobEngine::Impl {
   }
 
   // Ends an attempt that did not succeed: a retry when allowed, otherwise final.
-  void fail_attempt(ActiveJob& job, v1::Execution& e, v1::ExecutionState state, std::string status,
+  void fail_attempt(ActiveJob& job, v1::Execution& e, v1::ExecutionState state, const std::string& status,
                     std::int64_t now_ms) {
     e.set_status(bounded(status, kMaxStatusBytes));
     const bool retry = retry_allowed(state, e.attempt(), job.record.spec().retries()) &&
@@ -326,7 +326,9 @@ Status JobEngine::load(const Store& store, std::int64_t now_ms) {
   });
   if (!scanned) return scanned;
   if (!bad) return bad;
-  for (auto& [id, job] : s.active) {
+  for (auto& entry : s.active) {
+    const std::string& id = entry.first;
+    ActiveJob& job = entry.second;
     if (!job.document.ParseFromString(job.record.spec().signed_().document())) {
       return make_error(Errc::corruption, "document of job {} does not decode", id);
     }

@@ -16,6 +16,7 @@ namespace {
 
 constexpr std::size_t kMaxScriptBytes = 128 * 1024;
 constexpr std::uint32_t kQueryPage = 5000;
+constexpr std::size_t kMaxExecutionPageBytes = 512 * 1024;
 
 v1::RpcResponse failure(v1::RpcResponse::Code code, std::string message) {
   v1::RpcResponse r;
@@ -211,8 +212,16 @@ std::optional<v1::RpcResponse> Manager::dispatch_jobs(const v1::RpcRequest& requ
       auto list = jobs_.executions(*store_, q.job_id(), q.state(), q.start_after(), limit);
       if (!list) return failure(list.error());
       auto* out = r.mutable_executions();
-      for (auto& e : *list) *out->add_executions() = std::move(e);
-      if (list->size() == limit && !list->empty()) out->set_next_cursor(list->back().device_id());
+      // A page ends at `limit` executions or about half the broker's packet bound, whichever
+      // comes first (each execution may carry up to 192 KiB of output).
+      std::size_t bytes = 0;
+      for (auto& e : *list) {
+        if (out->executions_size() > 0 && bytes + e.ByteSizeLong() > kMaxExecutionPageBytes) break;
+        bytes += e.ByteSizeLong();
+        *out->add_executions() = std::move(e);
+      }
+      const bool more = static_cast<std::size_t>(out->executions_size()) < list->size() || list->size() == limit;
+      if (more && out->executions_size() > 0) out->set_next_cursor(out->executions().rbegin()->device_id());
       return r;
     }
     case v1::RpcRequest::kAddScript: {

@@ -250,6 +250,12 @@ class RocksStore final : public Store {
     return total;
   }
 
+  std::string state_token() const override {
+    std::string identity;
+    if (!db_->GetDbIdentity(identity).ok() || identity.empty()) return {};
+    return fmt::format("{}/{}", identity, db_->GetLatestSequenceNumber());
+  }
+
   // Checks the schema version, creates missing column families, records the version.
   // Errors: invalid_argument (newer schema, or not a Flotilla store), corruption, io_error.
   Status prepare() {

@@ -182,6 +182,21 @@ TEST_CASE("jobs: a real script.run and an apt dry run on this host, driven by th
   CHECK(job.counts().rejected() == 1);
   CHECK(executions(fleet, "bogus-1").at(0).status().find("teleport") != std::string::npos);
 
+  // patch.scan: the pending updates become part of the inventory and are queryable.
+  REQUIRE(fleet.cli({"jobs", "create", "--id", "scan-1", "--devices", "host-1", "--type", "patch.scan"}).status == 0);
+  job = wait_job(fleet, "scan-1", 120s);
+  REQUIRE(job.counts().succeeded() == 1);
+  const auto scan = executions(fleet, "scan-1").at(0);
+  const auto pending = scan.output().at("pending");
+  bool indexed = Fleet::wait_until(
+      [&] {
+        auto q = fleet.cli({"devices", "query", "patch.pending:" + pending, "--fields", "patch.pending"});
+        return q.status == 0 && q.output.find("host-1") != std::string::npos;
+      },
+      20s, 500ms);
+  CHECK(indexed);
+  CHECK(fleet.device("host-1")->inventory().patches().pending() == std::stoul(pending));
+
   // The audit log names who created what.
   auto audit = fleet.cli({"audit"});
   CHECK(audit.status == 0);
@@ -328,7 +343,7 @@ TEST_CASE("jobs: manager kill -9 mid-job: the job resumes and completes, nothing
   CHECK(job.counts().succeeded() == kDevices);
   const auto ran = ledger(fleet, "kill-1");
   CHECK(ran.size() == kDevices);
-  for (const auto& [device, n] : ran) CHECK_MESSAGE(n == 1, device);
+  for (const auto& entry : ran) CHECK_MESSAGE(entry.second == 1, entry.first);
 }
 
 TEST_CASE("policies: inheritance reaches the agent, which applies and reports the version; drift is visible") {
@@ -400,4 +415,26 @@ TEST_CASE("policies: inheritance reaches the agent, which applies and reports th
   const bool caught_up = Fleet::wait_until([&] { return !effective().drift(); }, 20s, 200ms);
   CHECK(caught_up);
   CHECK(effective().desired().values().at("telemetry.interval") == "2s");
+
+  // Drift is a query.
+  auto in_step = fleet.cli({"devices", "query", "config.drift:false", "--fields", "config.applied"});
+  CHECK(in_step.status == 0);
+  CHECK(in_step.output.find("host-1") != std::string::npos);
+
+  // The same through the CLI, as an ops script would drive it.
+  auto cli_set = fleet.cli({"policies", "set", "group", "no-such-group", "custom.x=1"});
+  CHECK(cli_set.status == 0);  // a policy may name a group before it exists
+  auto cli_bad = fleet.cli({"policies", "set", "tenant", "acme", "bogus=1"});
+  CHECK(cli_bad.status == 5);
+  CHECK(cli_bad.output.find("unknown key") != std::string::npos);
+  auto shown = fleet.cli({"policies", "effective", "host-1"});
+  INFO(shown.output);
+  CHECK(shown.status == 0);
+  CHECK(shown.output.find("tenant/acme") != std::string::npos);
+  CHECK(shown.output.find("corporate") != std::string::npos);
+  auto listed = fleet.cli({"-o", "json", "policies", "list"});
+  CHECK(listed.status == 0);
+  CHECK(listed.output.find("no-such-group") != std::string::npos);
+  auto audit = fleet.cli({"audit"});
+  CHECK(audit.output.find("policy.set") != std::string::npos);
 }

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <map>
 #include <optional>
@@ -744,6 +745,106 @@ TEST_CASE("load_index rebuilds the index from a RocksDB store after a restart") 
     expected[id] = merged;
   }
   check_index(loaded->index, expected, rng, 40);
+}
+
+TEST_CASE("an index snapshot serves the one start-up after a clean stop, and only an exact one") {
+  TempDir dir;
+  std::mt19937_64 rng(77);
+  std::map<std::string, StoredDevice> stored;
+  for (int i = 0; i < 200; ++i) {
+    const auto id = fmt::format("dev-{:05}", rng() % 100000);
+    stored[id] = stored_device(id, rng);
+  }
+  auto store = open_rocksdb_store(dir.path() / "store");
+  REQUIRE(store);
+  {
+    Batch batch;
+    for (const auto& [id, d] : stored) {
+      batch.put(Space::devices, id, codec::encode(d.record));
+      if (d.inventory) batch.put(Space::inventory, id, codec::encode(*d.inventory));
+      if (d.telemetry) batch.put(Space::telemetry, id, codec::encode(*d.telemetry));
+      if (d.labels) batch.put(Space::labels, id, codec::encode(*d.labels));
+    }
+    REQUIRE((*store)->write(batch, true));
+  }
+  std::map<std::string, DeviceFacts> expected;
+  for (auto& [id, d] : stored) {
+    d.groups.clear();
+    expected[id] = expected_facts(d, {});
+  }
+  const auto snapshot = dir.path() / "index.snapshot";
+  auto start = [&](Store& s) {
+    auto registry = Registry::load(s);
+    REQUIRE(registry);
+    auto groups = Groups::load(s);
+    REQUIRE(groups);
+    auto loaded = load_index(s, *registry, *groups, &snapshot);
+    REQUIRE(loaded);
+    CHECK_FALSE(fs::exists(snapshot));  // consumed, whatever the outcome
+    return std::move(loaded).value();
+  };
+
+  auto first = start(**store);
+  CHECK_FALSE(first.from_snapshot);
+  CHECK(first.snapshot_note == "no snapshot");
+  REQUIRE(save_index_snapshot(**store, first.index, snapshot));
+  REQUIRE(fs::exists(snapshot));
+
+  // Restart: the snapshot is read instead of a rebuild, and answers exactly.
+  store->reset();
+  store = open_rocksdb_store(dir.path() / "store");
+  REQUIRE(store);
+  auto second = start(**store);
+  CHECK(second.from_snapshot);
+  CHECK(second.labels.size() == first.labels.size());
+  check_index(second.index, expected, rng, 40);
+  // It keeps working as an index: updates after a snapshot load are exact too.
+  const auto in_store = expected;
+  const auto some = expected.begin()->first;
+  second.index.erase(some);
+  expected.erase(some);
+  check_index(second.index, expected, rng, 10);
+
+  // Used once: the next start-up finds none.
+  auto third = start(**store);
+  CHECK_FALSE(third.from_snapshot);
+
+  // Any write after the save makes it stale.
+  REQUIRE(save_index_snapshot(**store, third.index, snapshot));
+  Batch touch;
+  touch.put(Space::meta, "unrelated", "1");
+  REQUIRE((*store)->write(touch, true));
+  auto fourth = start(**store);
+  CHECK_FALSE(fourth.from_snapshot);
+  CHECK(fourth.snapshot_note.find("store changed") != std::string::npos);
+
+  // A damaged snapshot is not used: one flipped byte, or a truncated file.
+  for (const bool truncate : {false, true}) {
+    CAPTURE(truncate);
+    REQUIRE(save_index_snapshot(**store, fourth.index, snapshot));
+    const auto size = fs::file_size(snapshot);
+    if (truncate) {
+      fs::resize_file(snapshot, size / 2);
+    } else {
+      std::FILE* f = std::fopen(snapshot.c_str(), "r+b");
+      REQUIRE(f != nullptr);
+      std::fseek(f, static_cast<long>(size * 2 / 3), SEEK_SET);
+      const int c = std::fgetc(f);
+      std::fseek(f, static_cast<long>(size * 2 / 3), SEEK_SET);
+      std::fputc(c ^ 0x20, f);
+      std::fclose(f);
+    }
+    auto damaged = start(**store);
+    CHECK_FALSE(damaged.from_snapshot);
+    CAPTURE(damaged.snapshot_note);
+    CHECK(damaged.snapshot_note.find("index snapshot") != std::string::npos);
+    check_index(damaged.index, in_store, rng, 5);
+  }
+
+  // A store that cannot name its state gets no snapshot.
+  auto memory = make_memory_store();
+  CHECK_FALSE(save_index_snapshot(*memory, first.index, snapshot));
+  CHECK_FALSE(fs::exists(snapshot));
 }
 
 TEST_CASE("load_index refuses a store whose inventory does not decode") {

@@ -12,11 +12,11 @@ namespace {
 constexpr std::int64_t kNow = 1'800'000'000'000;
 
 v1::Policy policy(const std::string& level, const std::string& name,
-                  std::vector<std::tuple<std::string, std::string, bool>> values) {
+                  const std::vector<std::tuple<std::string, std::string, bool>>& values) {
   v1::Policy p;
   p.set_level(level);
   p.set_name(name);
-  for (auto& [k, v, enforced] : values) {
+  for (const auto& [k, v, enforced] : values) {
     auto& pv = (*p.mutable_values())[k];
     pv.set_value(v);
     pv.set_enforced(enforced);

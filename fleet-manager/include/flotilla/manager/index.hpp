@@ -15,6 +15,7 @@
 // postings it is in. docs/query.md ("How queries are answered") describes the planner.
 
 #include <cstdint>
+#include <cstdio>
 #include <functional>
 #include <map>
 #include <memory>
@@ -141,6 +142,7 @@ class FleetIndex {
   void update(std::string_view id, std::optional<FactPart> part, const std::function<void(FactSink&)>& produce);
   void erase(std::string_view id);
   std::size_t size() const;
+  bool contains(std::string_view id) const;
   // Builds now what the first query touching each number or time column would otherwise build
   // (its value order). Call once after loading many devices, so that no query pays for it.
   void finish_load();
@@ -158,6 +160,13 @@ class FleetIndex {
   std::string explain(const query::Node& where, std::int64_t now_ms) const;
   // Reference view of one device (for groups explain and tests); nullopt when unknown.
   std::optional<DeviceFacts> facts(std::string_view id) const;
+
+  // Writes the whole index to `out` (the start-up snapshot of index_load.hpp), ending with a
+  // checksum. Errors: io_error.
+  Status write_snapshot(std::FILE* out) const;
+  // Reads back what write_snapshot() wrote, `size` bytes from `in`. Errors: corruption (another
+  // format, a checksum mismatch, a value out of range), io_error.
+  static Result<FleetIndex> read_snapshot(std::FILE* in, std::uint64_t size);
 
   // Approximate memory in bytes, split into software inventory and everything else.
   std::pair<std::size_t, std::size_t> memory_bytes() const;

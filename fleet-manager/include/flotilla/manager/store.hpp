@@ -74,6 +74,11 @@ class Store {
 
   // Approximate on-disk size in bytes (SST + WAL), for stats.
   virtual std::uint64_t disk_bytes() const = 0;
+
+  // Names the exact state of the store: two equal non-empty tokens mean no write happened in
+  // between (RocksDB: the database identity and the sequence number of the last write). Empty
+  // when the store cannot tell (then nothing may be cached across restarts).
+  virtual std::string state_token() const { return {}; }
 };
 
 // Opens (creating when allowed) a RocksDB store in `dir`. Errors: io_error naming the path,
