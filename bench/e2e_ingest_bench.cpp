@@ -52,7 +52,7 @@ using std::chrono::seconds;
 constexpr std::string_view kSysDropped = "$SYS/broker/publish/messages/dropped";
 
 // Errors end the run: they are thrown here and caught in main(), which prints them and the logs.
-void must(Status st) {
+void must(const Status& st) {
   if (!st) throw std::runtime_error(st.error().message);
 }
 template <typename T>

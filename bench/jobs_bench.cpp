@@ -72,6 +72,9 @@ constexpr std::string_view kSysDropped = "$SYS/broker/publish/messages/dropped";
 constexpr const char* kTenant = "demo";  // what flotilla-sim reports unless told otherwise
 constexpr const char* kTargetQuery = "tag:simulated";
 constexpr const char* kActor = "flotilla-bench-jobs";
+// Devices one flotilla-sim process serves without falling behind on two cores: its Paho threads
+// walk every client on each turn, so 5,000 in one process no longer keep their sessions up.
+constexpr std::size_t kDevicesPerSim = 2000;
 // How long one create_job or show_job call waits for its answer. The manager may fail to publish
 // an answer (it then logs "rpc reply not sent"); the job goes on, so the run does too.
 constexpr milliseconds kRpcTimeout = seconds(2);
@@ -79,7 +82,7 @@ constexpr milliseconds kRpcTimeout = seconds(2);
 constexpr milliseconds kCreateTimeout = seconds(30);
 
 // Errors end the run: they are thrown here and caught in main(), which prints them and the logs.
-void must(Status st) {
+void must(const Status& st) {
   if (!st) throw std::runtime_error(st.error().message);
 }
 template <typename T>
@@ -218,7 +221,8 @@ class BenchClient {
   Status check() const {
     if (!state_->connected.load()) return make_error(Errc::unavailable, "benchmark client: {}", error());
     if (const auto n = state_->failed_deliveries.load(); n > 0) {
-      return make_error(Errc::unavailable, "benchmark client: {} publishes refused by the broker, last: {}", n, error());
+      return make_error(Errc::unavailable, "benchmark client: {} publishes refused by the broker, last: {}", n,
+                        error());
     }
     return {};
   }
@@ -293,21 +297,21 @@ struct PingRound {
   double publish = 0;  // first publish -> last publish handed to the client
   Progress results;    // seconds from the first publish
   std::uint64_t duplicates = 0;
-  std::uint64_t late = 0;         // answers to an earlier round
-  std::uint64_t retries = 0;      // publishes tried again (the client's queue was full)
+  std::uint64_t late = 0;     // answers to an earlier round
+  std::uint64_t retries = 0;  // publishes tried again (the client's queue was full)
 };
 
 struct JobRound {
-  double total = 0;           // create_job sent -> show_job answer with N SUCCEEDED
-  double create = -1;         // create_job sent -> its answer (executions committed, commands handed over);
-                              // -1: the answer never came
+  double total = 0;                // create_job sent -> show_job answer with N SUCCEEDED
+  double create = -1;              // create_job sent -> its answer (executions committed, commands handed over);
+                                   // -1: the answer never came
   std::uint64_t lost_replies = 0;  // RPC calls without an answer within kRpcTimeout
-  double notified = -1;       // first answer with notified == N
-  Progress succeeded;         // first answers showing 1, 50 %, 90 %, 100 % SUCCEEDED
-  std::uint64_t polls = 0;    // show_job calls
-  double poll_rtt_max = 0;    // slowest show_job round trip, seconds
-  std::string state;          // job state in the last answer
-  std::string manager;        // the manager's drops and events during the run
+  double notified = -1;            // first answer with notified == N
+  Progress succeeded;              // first answers showing 1, 50 %, 90 %, 100 % SUCCEEDED
+  std::uint64_t polls = 0;         // show_job calls
+  double poll_rtt_max = 0;         // slowest show_job round trip, seconds
+  std::string state;               // job state in the last answer
+  std::string manager;             // the manager's drops and events during the run
 };
 
 // CPU seconds per process at one instant.
@@ -337,7 +341,7 @@ std::string stats_delta(const v1::ManagerStats& a, const v1::ManagerStats& b) {
 
 struct Options {
   std::size_t devices = 10000;
-  std::size_t sim_processes = 1;
+  std::size_t sim_processes = 0;  // 0: one per kDevicesPerSim devices
   std::size_t runs = 3;
   std::string telemetry_interval = "1h";
   std::string online_timeout = "600s";
@@ -367,7 +371,8 @@ class Bench {
     (void)duration_flag(o_.telemetry_interval, "--telemetry-interval");
     if (!o_.redrive_interval.empty()) (void)duration_flag(o_.redrive_interval, "--redrive-interval");
     if (o_.devices == 0 || o_.devices > 100000) throw std::invalid_argument("--devices: must be in 1..100000");
-    if (o_.sim_processes == 0 || o_.sim_processes > 64 || o_.sim_processes > o_.devices) {
+    if (o_.sim_processes == 0) o_.sim_processes = (o_.devices + kDevicesPerSim - 1) / kDevicesPerSim;
+    if (o_.sim_processes > 64 || o_.sim_processes > o_.devices) {
       throw std::invalid_argument("--sim-processes: must be in 1..64 and at most --devices");
     }
     if (o_.runs == 0 || o_.runs > 1000) throw std::invalid_argument("--runs: must be in 1..1000");
@@ -469,7 +474,8 @@ void Bench::describe_machine() {
     std::istringstream in(bench::read_text("/proc/meminfo"));
     std::string key;
     std::uint64_t kib = 0;
-    if (in >> key >> kib && key == "MemTotal:") memory = fmt::format("{:.1f} GiB", static_cast<double>(kib) / 1048576.0);
+    if (in >> key >> kib && key == "MemTotal:")
+      memory = fmt::format("{:.1f} GiB", static_cast<double>(kib) / 1048576.0);
   }
   say("machine: {} CPUs ({}), {} RAM, {}\n", std::thread::hardware_concurrency(), model, memory, kernel);
   std::string versions = fmt::format("flotilla {}", flotilla::version);
@@ -501,13 +507,13 @@ void Bench::start_sims() {
     s.prefix = o_.sim_processes == 1 ? std::string("sim") : fmt::format("sim{}", p);
     s.devices = o_.devices / o_.sim_processes + (p < o_.devices % o_.sim_processes ? 1 : 0);
     s.log = dir_ / (o_.sim_processes == 1 ? std::string("sim.log") : fmt::format("sim-{}.log", p));
-    s.child = must(Child::spawn(
-        fmt::format("flotilla-sim[{}]", s.prefix),
-        {bin.string(), "--broker", fmt::format("mqtt://127.0.0.1:{}", device_port_), "--devices",
-         std::to_string(s.devices), "--prefix", s.prefix, "--seed", std::to_string(p + 1), "--telemetry-interval",
-         o_.telemetry_interval, "--password-file", (dir_ / "password").string(), "--trusted-keys",
-         (dir_ / "keys").string()},
-        s.log, seconds(60)));
+    s.child = must(
+        Child::spawn(fmt::format("flotilla-sim[{}]", s.prefix),
+                     {bin.string(), "--broker", fmt::format("mqtt://127.0.0.1:{}", device_port_), "--devices",
+                      std::to_string(s.devices), "--prefix", s.prefix, "--seed", std::to_string(p + 1),
+                      "--telemetry-interval", o_.telemetry_interval, "--password-file", (dir_ / "password").string(),
+                      "--trusted-keys", (dir_ / "keys").string()},
+                     s.log, seconds(60)));
     sims_.push_back(std::move(s));
   }
 }
@@ -601,8 +607,8 @@ PingRound Bench::ping_round(const std::string& type, const std::string& command_
       offsets.push_back(secs(a.at - t0));
     }
     if (mismatches > 0) {
-      throw std::runtime_error(fmt::format("{} round {}: {} unexpected answers, first: {}", type, command_id,
-                                           mismatches, first_mismatch));
+      throw std::runtime_error(
+          fmt::format("{} round {}: {} unexpected answers, first: {}", type, command_id, mismatches, first_mismatch));
     }
     if (offsets.size() >= n) break;
     const auto now = Clock::now();
@@ -684,8 +690,8 @@ JobRound Bench::job_round(std::size_t run) {
     const auto targeted = c.queued() + c.in_progress() + c.succeeded() + c.failed() + c.timed_out() + c.rejected() +
                           c.removed() + c.canceled();
     if (targeted != n) {
-      throw std::runtime_error(fmt::format("job {} targets {} devices, not {} (query {:?})", job_id, targeted, n,
-                                           kTargetQuery));
+      throw std::runtime_error(
+          fmt::format("job {} targets {} devices, not {} (query {:?})", job_id, targeted, n, kTargetQuery));
     }
     const auto bad = c.failed() + c.timed_out() + c.rejected() + c.removed() + c.canceled();
     if (bad > 0) {
@@ -843,11 +849,10 @@ void Bench::run() {
   say("mosquitto pid {} on 127.0.0.1:{} (devices) and :{} (services)\n", broker_->pid(), device_port_, service_port_);
 
   const auto uri = fmt::format("mqtt://127.0.0.1:{}", service_port_);
-  sys_ = std::make_unique<BenchClient>(uri, password_,
-                                       std::vector<Subscription>{{std::string(kSysConnected), 0},
-                                                                 {std::string(kSysDropped), 0}});
-  client_ = std::make_unique<BenchClient>(
-      uri, password_, std::vector<Subscription>{{topics::all_devices(topics::Channel::result), 1}});
+  sys_ = std::make_unique<BenchClient>(
+      uri, password_, std::vector<Subscription>{{std::string(kSysConnected), 0}, {std::string(kSysDropped), 0}});
+  client_ = std::make_unique<BenchClient>(uri, password_,
+                                          std::vector<Subscription>{{topics::all_devices(topics::Channel::result), 1}});
 
   // 1. The fleet.
   const auto sim_start = Clock::now();
@@ -896,8 +901,8 @@ void Bench::run() {
     online = stats().devices_online();
     if (online >= o_.devices) break;
     if (Clock::now() - manager_start > online_timeout_) {
-      throw std::runtime_error(fmt::format("the manager reports {} of {} devices online after {}", online,
-                                           o_.devices, config::format_duration(online_timeout_)));
+      throw std::runtime_error(fmt::format("the manager reports {} of {} devices online after {}", online, o_.devices,
+                                           config::format_duration(online_timeout_)));
     }
     must(bench::pause_for(milliseconds(100)));
   }
@@ -947,6 +952,8 @@ void Bench::run() {
   // 5. Side by side.
   std::vector<double> base;
   std::vector<double> flot;
+  base.reserve(pings.size());
+  flot.reserve(jobs.size());
   for (const auto& p : pings) base.push_back(p.total);
   for (const auto& j : jobs) flot.push_back(j.total);
   const auto b = spread(base);
@@ -970,7 +977,8 @@ int main(int argc, char** argv) {
       "Flotilla jobs benchmark: one signed job to every simulated device (create_job until all executions "
       "SUCCEEDED and durable) vs. a bare MQTT ping round trip to the same devices over the same Mosquitto."};
   cli.add_option("--devices", o.devices, "Simulated devices")->capture_default_str();
-  cli.add_option("--sim-processes", o.sim_processes, "flotilla-sim processes sharing the devices")
+  cli.add_option("--sim-processes", o.sim_processes,
+                 "flotilla-sim processes sharing the devices (0: one per 2,000 devices)")
       ->capture_default_str();
   cli.add_option("--runs", o.runs, "Timed runs of each side")->capture_default_str();
   cli.add_option("--telemetry-interval", o.telemetry_interval, "Telemetry period per device (long: no competition)")

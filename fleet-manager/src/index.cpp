@@ -9,6 +9,7 @@
 #include <limits>
 #include <map>
 #include <optional>
+#include <thread>
 #include <unordered_map>
 
 #include <fmt/format.h>
@@ -19,6 +20,29 @@ using query::FieldType;
 using query::Node;
 using query::Op;
 using query::Predicate;
+
+namespace {
+
+// Set bits of a word. The build targets baseline x86-64, where __builtin_popcountll is a call into
+// libgcc; this is a handful of inline instructions.
+inline std::uint64_t popcount64(std::uint64_t x) {
+  x = x - ((x >> 1) & 0x5555555555555555ULL);
+  x = (x & 0x3333333333333333ULL) + ((x >> 2) & 0x3333333333333333ULL);
+  x = (x + (x >> 4)) & 0x0f0f0f0f0f0f0f0fULL;
+  return (x * 0x0101010101010101ULL) >> 56;
+}
+
+// Sets the bits of `slots` in `bits` (inline, unlike SlotSet::set).
+template <typename Slots>
+void set_all(SlotSet& bits, const Slots& slots) {
+  auto& words = bits.words();
+  for (const std::uint32_t s : slots) {
+    if (s / 64 >= words.size()) words.resize(s / 64 + 1, 0);
+    words[s / 64] |= std::uint64_t{1} << (s % 64);
+  }
+}
+
+}  // namespace
 
 void SlotSet::set(std::uint32_t slot) {
   const std::size_t w = slot / 64;
@@ -38,7 +62,7 @@ bool SlotSet::test(std::uint32_t slot) const {
 
 std::uint64_t SlotSet::count() const {
   std::uint64_t n = 0;
-  for (auto w : words_) n += static_cast<std::uint64_t>(__builtin_popcountll(w));
+  for (auto w : words_) n += popcount64(w);
   return n;
 }
 
@@ -76,7 +100,7 @@ constexpr double kAbsent = std::numeric_limits<double>::quiet_NaN();
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
 struct StringHash {
-  using is_transparent = void;
+  using is_transparent = void;  // NOLINT(readability-identifier-naming): the standard library's name
   std::size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
 };
 template <typename V>
@@ -119,7 +143,7 @@ class Posting {
     ++count_;
     if (!dense_ && sparse_.size() > std::max<std::size_t>(64, slots / kSparseFactor)) {
       bits_.resize(slots);
-      for (auto s : sparse_) bits_.set(s);
+      set_all(bits_, sparse_);
       sparse_.clear();
       sparse_.shrink_to_fit();
       dense_ = true;
@@ -215,7 +239,7 @@ Sel sel_from_list(std::vector<std::uint32_t> sorted, std::size_t slots) {
   }
   r.dense = true;
   r.bits.resize(slots);
-  for (auto s : sorted) r.bits.set(s);
+  set_all(r.bits, sorted);
   return r;
 }
 
@@ -248,7 +272,7 @@ void make_dense(Sel& s, std::size_t slots) {
   if (s.dense) return;
   s.bits = SlotSet();
   s.bits.resize(slots);
-  for (auto slot : s.list) s.bits.set(slot);
+  set_all(s.bits, s.list);
   s.list.clear();
   s.list.shrink_to_fit();
   s.dense = true;
@@ -279,7 +303,7 @@ Sel filter(const Sel& s, Keep&& keep, std::size_t slots) {
       if (keep(static_cast<std::uint32_t>(w * 64 + static_cast<std::size_t>(b)))) kept |= std::uint64_t{1} << b;
     }
     ow[w] = kept;
-    n += static_cast<std::uint64_t>(__builtin_popcountll(kept));
+    n += popcount64(kept);
   }
   return sel_from_bits(std::move(out), n, slots);
 }
@@ -313,7 +337,7 @@ Sel unite(Sel a, const Sel& b, std::size_t slots) {
   if (b.dense) {
     a.bits.or_with(b.bits);
   } else {
-    for (auto s : b.list) a.bits.set(s);
+    set_all(a.bits, b.list);
   }
   a.n = a.bits.count();
   return a;
@@ -817,7 +841,7 @@ void scan_range(const double* v, std::size_t n, double lo, double hi, std::uint6
 // A query node compiled against the columns: how to collect its matches or test one slot, and
 // what each costs (roughly ns), for the planner.
 struct Plan {
-  enum class How { all, and_, or_, not_, nothing, id_lookup, id_scan, text, number, postings };
+  enum class How { all, conjunction, disjunction, negation, nothing, id_lookup, id_scan, text, number, postings };
   const Node* node = nullptr;
   How how = How::nothing;
   std::vector<Plan> children;
@@ -1102,7 +1126,7 @@ struct FleetIndex::Impl {
         return p;
       case Node::Kind::predicate: compile_predicate(n.predicate, now_ms, p); return p;
       case Node::Kind::not_: {
-        p.how = Plan::How::not_;
+        p.how = Plan::How::negation;
         p.children.push_back(compile(n.children.front(), now_ms));
         const Plan& c = p.children.front();
         p.est = slot_of.size() - std::min<std::uint64_t>(slot_of.size(), c.est);
@@ -1113,7 +1137,7 @@ struct FleetIndex::Impl {
       case Node::Kind::and_:
       case Node::Kind::or_: {
         const bool is_and = n.kind == Node::Kind::and_;
-        p.how = is_and ? Plan::How::and_ : Plan::How::or_;
+        p.how = is_and ? Plan::How::conjunction : Plan::How::disjunction;
         p.est = is_and ? slot_of.size() : 0;
         double cheapest = std::numeric_limits<double>::infinity();
         for (const auto& child : n.children) {
@@ -1257,7 +1281,7 @@ struct FleetIndex::Impl {
       if (const SlotSet* d = p->dense()) {
         bits.or_with(*d);
       } else {
-        for (auto s : p->sparse()) bits.set(s);
+        set_all(bits, p->sparse());
       }
     }
     const auto count = bits.count();
@@ -1467,7 +1491,8 @@ struct FleetIndex::Impl {
   }
 
   static bool is_predicate(const Plan& p) {
-    return p.how != Plan::How::all && p.how != Plan::How::and_ && p.how != Plan::How::or_ && p.how != Plan::How::not_;
+    return p.how != Plan::How::all && p.how != Plan::How::conjunction && p.how != Plan::How::disjunction &&
+           p.how != Plan::How::negation;
   }
 
   // Visits every match of a predicate over the whole fleet, each once, without collecting them
@@ -1590,7 +1615,7 @@ struct FleetIndex::Impl {
         }
         if (x == 0) continue;
         if (tests.empty()) {
-          n += static_cast<std::uint64_t>(__builtin_popcountll(x));
+          n += popcount64(x);
           continue;
         }
         for (; x != 0; x &= x - 1) {
@@ -1664,7 +1689,7 @@ struct FleetIndex::Impl {
         line("ALL", r.n);
         return r;
       }
-      case Plan::How::not_: {
+      case Plan::How::negation: {
         std::vector<std::string> sub;
         Sel inner = exec(p.children.front(), cand, depth + 1, lines != nullptr ? &sub : nullptr);
         Sel r = subtract(cand != nullptr ? *cand : live_sel(), inner, n);
@@ -1672,7 +1697,7 @@ struct FleetIndex::Impl {
         if (lines != nullptr) lines->insert(lines->end(), sub.begin(), sub.end());
         return r;
       }
-      case Plan::How::or_: {
+      case Plan::How::disjunction: {
         std::vector<std::string> sub;
         Sel r;
         for (const auto& c : p.children) r = unite(std::move(r), exec(c, cand, depth + 1, lines ? &sub : nullptr), n);
@@ -1680,7 +1705,7 @@ struct FleetIndex::Impl {
         if (lines != nullptr) lines->insert(lines->end(), sub.begin(), sub.end());
         return r;
       }
-      case Plan::How::and_: {
+      case Plan::How::conjunction: {
         // Most selective first: each child then only decides the devices that passed those
         // before it. Without candidates, the first child is the one whose collection plus the
         // tests of the rest on its matches is cheapest.
@@ -1747,14 +1772,14 @@ struct FleetIndex::Impl {
         for (std::size_t w = 0, nw = words_for(slots()); w < nw; ++w) {
           std::uint64_t x = 0;
           for (const auto* set : sets) x |= w < set->size() ? (*set)[w] : 0;
-          n += static_cast<std::uint64_t>(__builtin_popcountll(x));
+          n += popcount64(x);
         }
         return n;
       }
-      case Plan::How::not_:
+      case Plan::How::negation:
         if (auto inner = quick_count(p.children.front())) return slot_of.size() - *inner;
         return std::nullopt;
-      case Plan::How::and_: return count_and(p);
+      case Plan::How::conjunction: return count_and(p);
       default: return std::nullopt;
     }
   }
@@ -1780,7 +1805,7 @@ struct FleetIndex::Impl {
       const auto& b = matching->bits.words();
       std::uint64_t c = 0;
       for (std::size_t w = 0; w < a.size() && w < b.size(); ++w) {
-        c += static_cast<std::uint64_t>(__builtin_popcountll(a[w] & b[w]));
+        c += popcount64(a[w] & b[w]);
       }
       return c;
     }
@@ -1797,7 +1822,7 @@ struct FleetIndex::Impl {
       if (const SlotSet* d = p->dense()) {
         bits.or_with(*d);
       } else {
-        for (auto s : p->sparse()) bits.set(s);
+        set_all(bits, p->sparse());
       }
     }
     if (matching != nullptr) bits.and_with(matching->bits);
@@ -2394,7 +2419,7 @@ class SnapshotReader {
     if (dense) {
       words = vec<std::uint64_t>();
       std::uint64_t bits = 0;
-      for (auto w : words) bits += static_cast<std::uint64_t>(__builtin_popcountll(w));
+      for (auto w : words) bits += popcount64(w);
       if (bits != n || words.size() > words_for(slots)) fail("a posting does not match its count");
     } else {
       sparse = vec<std::uint32_t>();
@@ -2530,12 +2555,24 @@ Result<FleetIndex> FleetIndex::read_snapshot(std::FILE* in, std::uint64_t size) 
   for (auto s : m.free_slots) {
     if (s >= slots || m.live.test(s) || !m.slot_id[s].empty()) r.fail("a free slot in use");
   }
-  m.slot_of.reserve(slots);
-  for (std::uint32_t s = 0; s < slots && r.ok(); ++s) {
-    if (!m.live.test(s)) continue;
-    if (!m.slot_of.emplace(m.slot_id[s], s).second) r.fail("a device id twice");
-  }
-  if (!r.ok()) return bad();
+  // The id -> slot map is built on a second thread while the rest is read (nothing below touches
+  // the ids or the map until the join).
+  bool unique_ids = true;
+  std::thread ids_thread([&m, &unique_ids, slots] {
+    m.slot_of.reserve(slots);
+    for (std::uint32_t s = 0; s < slots; ++s) {
+      if (m.live.test(s) && !m.slot_of.emplace(m.slot_id[s], s).second) unique_ids = false;
+    }
+  });
+  struct Join {
+    explicit Join(std::thread& thread) : t(thread) {}
+    std::thread& t;
+    Join(const Join&) = delete;
+    Join& operator=(const Join&) = delete;
+    ~Join() {
+      if (t.joinable()) t.join();
+    }
+  } join{ids_thread};
   auto read_part = [&]() {
     const auto p = r.u8();
     if (p > 2) r.fail("a column of no part");
@@ -2642,6 +2679,8 @@ Result<FleetIndex> FleetIndex::read_snapshot(std::FILE* in, std::uint64_t size) 
   m.multi_of = r.lists(slots, m.entries.size());
   m.software_of = r.lists(slots, m.entries.size());
   r.finish();
+  ids_thread.join();
+  if (!unique_ids) r.fail("a device id twice");
   if (!r.ok()) return bad();
   return index;
 }
@@ -2651,8 +2690,9 @@ std::pair<std::size_t, std::size_t> FleetIndex::memory_bytes() const {
   std::size_t software = 0, other = 0;
   for (const auto& [p, c] : m.software) software += c.bytes() + p.capacity() + 64;
   for (const auto& e : m.entries) (e.column->package.empty() ? other : software) += e.posting.bytes() + sizeof(Entry);
-  for (const auto& v : m.software_of) software += v.capacity() * sizeof(std::uint32_t) + sizeof(v);
-  for (const auto& v : m.multi_of) other += v.capacity() * sizeof(std::uint32_t) + sizeof(v);
+  constexpr std::size_t kList = sizeof(std::vector<std::uint32_t>);
+  for (const auto& v : m.software_of) software += v.capacity() * sizeof(std::uint32_t) + kList;
+  for (const auto& v : m.multi_of) other += v.capacity() * sizeof(std::uint32_t) + kList;
   for (const auto& [n, c] : m.text) other += c.bytes();
   for (const auto& [n, c] : m.numbers) other += c.bytes();
   for (const auto& [n, c] : m.multi) other += c.bytes();

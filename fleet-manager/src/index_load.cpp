@@ -6,10 +6,15 @@
 
 #include <cerrno>
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <cstring>
+#include <deque>
+#include <mutex>
 #include <optional>
 #include <string_view>
+#include <thread>
+#include <vector>
 
 #include <fmt/format.h>
 
@@ -121,6 +126,150 @@ std::optional<FleetIndex> read_snapshot(const Store& store, const Registry& regi
   return std::move(index).value();
 }
 
+// Reads the stored inventories, then the stored telemetry, of the registry's devices and decodes
+// them on a thread of its own, handing them over in batches: indexing, on the caller's thread,
+// overlaps with reading and decoding (and with the record part, indexed while the first batches
+// are read).
+class StoredParts {
+ public:
+  struct Batch {
+    bool inventory = true;
+    std::size_t size = 0;
+    std::vector<const std::string*> ids;
+    std::vector<v1::Inventory> inventories;
+    std::vector<v1::Telemetry> telemetries;
+  };
+
+  StoredParts(const Store& store, const std::map<std::string, v1::DeviceRecord, std::less<>>& devices)
+      : store_(store), devices_(devices), pool_(kBatches) {
+    for (auto& b : pool_) free_.push_back(&b);
+    thread_ = std::thread([this] { run(); });
+  }
+  StoredParts(const StoredParts&) = delete;
+  StoredParts& operator=(const StoredParts&) = delete;
+  ~StoredParts() {
+    {
+      const std::lock_guard lock(mutex_);
+      stop_ = true;
+    }
+    changed_.notify_all();
+    thread_.join();
+  }
+
+  // The next batch, or nullptr after the last (then status() says whether all went well).
+  Batch* next() {
+    std::unique_lock lock(mutex_);
+    changed_.wait(lock, [&] { return !ready_.empty() || finished_; });
+    if (ready_.empty()) return nullptr;
+    Batch* b = ready_.front();
+    ready_.pop_front();
+    return b;
+  }
+  void release(Batch* b) {
+    {
+      const std::lock_guard lock(mutex_);
+      free_.push_back(b);
+    }
+    changed_.notify_all();
+  }
+  Status status() {
+    const std::lock_guard lock(mutex_);
+    return status_;
+  }
+  double busy_ms() {
+    const std::lock_guard lock(mutex_);
+    return busy_ms_;
+  }
+
+ private:
+  static constexpr std::size_t kBatches = 4;
+  static constexpr std::size_t kBatchSize = 256;
+
+  Batch* take_free() {
+    std::unique_lock lock(mutex_);
+    changed_.wait(lock, [&] { return !free_.empty() || stop_; });
+    if (stop_) return nullptr;
+    Batch* b = free_.back();
+    free_.pop_back();
+    return b;
+  }
+  void hand_over(Batch* b) {
+    {
+      const std::lock_guard lock(mutex_);
+      ready_.push_back(b);
+    }
+    changed_.notify_all();
+  }
+
+  void run() {
+    const auto t0 = Clock::now();
+    Status st;
+    for (const bool inventory : {true, false}) {
+      if (!st) break;
+      auto next = devices_.begin();
+      Batch* b = nullptr;
+      Status bad;
+      auto scanned = store_.scan(
+          inventory ? Space::inventory : Space::telemetry, "", [&](std::string_view key, std::string_view value) {
+            while (next != devices_.end() && std::string_view(next->first) < key) ++next;
+            if (next == devices_.end() || next->first != key) return true;  // unknown device
+            if (b == nullptr) {
+              b = take_free();
+              if (b == nullptr) return false;  // stopped
+              b->inventory = inventory;
+              b->size = 0;
+            }
+            const std::size_t i = b->size;
+            if (b->ids.size() <= i) b->ids.resize(i + 1);
+            b->ids[i] = &next->first;
+            bool ok = false;
+            if (inventory) {
+              if (b->inventories.size() <= i) b->inventories.resize(i + 1);
+              ok = b->inventories[i].ParseFromArray(value.data(), static_cast<int>(value.size()));
+            } else {
+              if (b->telemetries.size() <= i) b->telemetries.resize(i + 1);
+              ok = b->telemetries[i].ParseFromArray(value.data(), static_cast<int>(value.size()));
+            }
+            if (!ok) {
+              bad = make_error(Errc::corruption, "stored {} of {} does not decode",
+                               inventory ? "inventory" : "telemetry", key);
+              return false;
+            }
+            if (++b->size == kBatchSize) {
+              hand_over(b);
+              b = nullptr;
+            }
+            return true;
+          });
+      if (b != nullptr && b->size > 0) {
+        hand_over(b);
+      } else if (b != nullptr) {
+        release(b);
+      }
+      st = !scanned ? std::move(scanned) : std::move(bad);
+    }
+    {
+      const std::lock_guard lock(mutex_);
+      status_ = std::move(st);
+      finished_ = true;
+      busy_ms_ = ms_since(t0);
+    }
+    changed_.notify_all();
+  }
+
+  const Store& store_;
+  const std::map<std::string, v1::DeviceRecord, std::less<>>& devices_;
+  std::vector<Batch> pool_;
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  std::vector<Batch*> free_;
+  std::deque<Batch*> ready_;
+  bool stop_ = false, finished_ = false;
+  Status status_;
+  double busy_ms_ = 0;
+  std::thread thread_;
+};
+
 // Passes facts on to another sink, counting them.
 class Counting final : public FactSink {
  public:
@@ -171,12 +320,16 @@ Result<LoadedIndex> load_index(const Store& store, const Registry& registry, con
   }
 
   // The record part of every device, in id order (so slots follow ids), with its labels (the
-  // two maps are joined in key order) and group memberships.
+  // two maps are joined in key order) and group memberships, while the first inventories are
+  // read.
   t0 = Clock::now();
   const auto& devices = registry.devices();
+  StoredParts parts(store, devices);
   Counting counting(out.facts);
   auto label = out.labels.begin();
-  for (const auto& [id, record] : devices) {
+  for (const auto& device : devices) {
+    const std::string& id = device.first;
+    const v1::DeviceRecord& record = device.second;
     while (label != out.labels.end() && label->first < id) ++label;
     const v1::DeviceLabels* labels = label != out.labels.end() && label->first == id ? &label->second : nullptr;
     const auto groups_of = groups.groups_of(id);
@@ -187,45 +340,25 @@ Result<LoadedIndex> load_index(const Store& store, const Registry& registry, con
       for (const auto& g : groups_of) counting.add("group", g);
     });
   }
-  out.index_ms += ms_since(t0);
 
-  // Then the inventory and telemetry parts, each one sequential scan of its key space, joined
-  // with the registry by id (both in key order).
-  for (const Space space : {Space::inventory, Space::telemetry}) {
-    const bool inventory = space == Space::inventory;
-    auto next = devices.begin();
-    v1::Inventory inv;
-    v1::Telemetry tel;
-    double index_ms = 0;
-    t0 = Clock::now();
-    scanned = store.scan(space, "", [&](std::string_view key, std::string_view value) {
-      while (next != devices.end() && std::string_view(next->first) < key) ++next;
-      if (next == devices.end() || next->first != key) return true;  // not in the registry
-      const bool ok = inventory ? inv.ParseFromArray(value.data(), static_cast<int>(value.size()))
-                                : tel.ParseFromArray(value.data(), static_cast<int>(value.size()));
-      if (!ok) {
-        bad = make_error(Errc::corruption, "stored {} of {} does not decode", inventory ? "inventory" : "telemetry",
-                         key);
-        return false;
-      }
-      const auto i0 = Clock::now();
-      out.index.update(next->first, inventory ? FactPart::inventory : FactPart::telemetry, [&](FactSink& sink) {
+  // Then the inventory and telemetry parts as they arrive.
+  while (StoredParts::Batch* b = parts.next()) {
+    for (std::size_t i = 0; i < b->size; ++i) {
+      out.index.update(*b->ids[i], b->inventory ? FactPart::inventory : FactPart::telemetry, [&](FactSink& sink) {
         counting.to = &sink;
-        if (inventory) {
-          add_inventory_facts(inv, counting);
+        if (b->inventory) {
+          add_inventory_facts(b->inventories[i], counting);
         } else {
-          add_telemetry_facts(tel, counting);
+          add_telemetry_facts(b->telemetries[i], counting);
         }
       });
-      ++(inventory ? out.inventories : out.telemetries);
-      index_ms += ms_since(i0);
-      return true;
-    });
-    if (!scanned) return std::move(scanned).error();
-    if (!bad) return std::move(bad).error();
-    out.index_ms += index_ms;
-    out.read_ms += ms_since(t0) - index_ms;
+    }
+    (b->inventory ? out.inventories : out.telemetries) += b->size;
+    parts.release(b);
   }
+  if (auto st = parts.status(); !st) return std::move(st).error();
+  out.read_ms += parts.busy_ms();
+  out.index_ms += ms_since(t0);
   t0 = Clock::now();
   out.index.finish_load();
   out.index_ms += ms_since(t0);

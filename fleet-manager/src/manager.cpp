@@ -118,8 +118,8 @@ Status Manager::build_index() {
   if (loaded->from_snapshot) {
     log::info("index of {} devices read from {} in {} ms", index_.size(), snapshot.native(), ms);
   } else {
-    log::info("index of {} devices built in {} ms ({:.0f} ms reading the store, {:.0f} ms indexing; {})",
-              index_.size(), ms, loaded->read_ms, loaded->index_ms, loaded->snapshot_note);
+    log::info("index of {} devices built in {} ms ({:.0f} ms reading the store, {:.0f} ms indexing; {})", index_.size(),
+              ms, loaded->read_ms, loaded->index_ms, loaded->snapshot_note);
   }
   return {};
 }

@@ -619,6 +619,7 @@ TEST_CASE("value orders of number columns stay exact through heavy churn") {
     }
     // Top 50 by temperature, descending, ties by id.
     std::vector<std::pair<double, std::string>> by_temp;
+    by_temp.reserve(temp.size());
     for (const auto& [id, v] : temp) by_temp.emplace_back(-v, id);
     std::sort(by_temp.begin(), by_temp.end());
     QueryOptions o;
@@ -715,6 +716,7 @@ TEST_CASE("load_index rebuilds the index from a RocksDB store after a restart") 
 
   // The loaded index keeps answering exactly through updates and deletions.
   std::vector<std::string> ids;
+  ids.reserve(stored.size());
   for (const auto& [id, d] : stored) ids.push_back(id);
   for (int i = 0; i < 80; ++i) {
     const auto& id = pick(ids, rng);

@@ -28,11 +28,12 @@ struct LoadedIndex {
   std::map<std::string, v1::DeviceLabels, std::less<>> labels;  // operator labels, by device id
   bool from_snapshot = false;
   std::string snapshot_note;  // why no snapshot was used (empty when one was, or none was asked for)
-  // What a rebuild did and where the time went (milliseconds).
+  // What a rebuild did and where the time went (milliseconds). Inventories and telemetry are read
+  // and decoded on a second thread while the caller's thread indexes, so the two overlap.
   std::uint64_t facts = 0;  // facts indexed
   std::uint64_t inventories = 0, telemetries = 0;
-  double read_ms = 0;   // reading and decoding labels, inventories and telemetry (or the snapshot)
-  double index_ms = 0;  // turning them into facts and indexing them, value orders included
+  double read_ms = 0;   // reading labels (or the snapshot), and the reading thread's run
+  double index_ms = 0;  // turning records, inventories and telemetry into facts and indexing them
 };
 
 // Reads the labels of `store` and builds the index of the devices of `registry` with their records,
