@@ -374,6 +374,10 @@ What to try (in another terminal):
   $cli_cmd policies set device $agent_id telemetry.interval=5s
   $cli_cmd policies effective $agent_id
   $cli_cmd devices query 'config.drift:true' --fields config.desired,config.applied
+  # The same change as a staged job, released by a second operator (four eyes):
+  $cli_cmd jobs create --id cfg-1 --query 'kind:sensor' --type config.set --param telemetry.interval=60s --rate 100/min --require-approval
+  FLOTILLA_ACTOR=second-operator $cli_cmd jobs approve cfg-1 --note 'reviewed'
+  $cli_cmd jobs watch cfg-1
 
   # Restart the manager: the demo starts it again; its registry comes back from RocksDB
   # ($work/manager).

@@ -6,10 +6,14 @@
 #include <cstdint>
 #include <cstdlib>
 #include <exception>
+#include <iostream>
 #include <map>
+#include <optional>
 #include <string>
 #include <variant>
 #include <vector>
+
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
@@ -21,6 +25,7 @@
 #include "flotilla/core/ids.hpp"
 #include "flotilla/core/transport.hpp"
 #include "flotilla/core/version.hpp"
+#include "flotilla/manager/schedule.hpp"
 #include "session.hpp"
 
 namespace flotilla::cli {
@@ -30,6 +35,10 @@ constexpr std::string_view kDefaultUsername = "flotilla-operator";
 constexpr std::string_view kClientIdPrefix = "flotilla-cli";
 // Devices per ListDevices page: about 300 KiB of reply at ~300 B a record.
 constexpr std::uint32_t kPageSize = 1000;
+// Events per group_events page (the manager's maximum) and devices per delete_device request.
+constexpr std::uint32_t kEventPageSize = 1000;
+constexpr std::size_t kMaxDeleteIds = 500;
+constexpr std::uint64_t kMaxEventLimit = 100'000;
 
 enum class Command {
   none,
@@ -40,6 +49,7 @@ enum class Command {
   devices_stats,
   devices_rebirth,
   devices_tag,
+  devices_delete,
   groups_create,
   groups_list,
   groups_show,
@@ -48,6 +58,7 @@ enum class Command {
   groups_remove,
   groups_explain,
   groups_delete,
+  groups_events,
   manager_status
 };
 
@@ -70,7 +81,12 @@ struct Invocation {
   std::string group;  // groups *
   std::string parent;
   std::string description;
-  std::vector<std::string> device_ids;  // groups create --members, add, remove
+  std::vector<std::string> device_ids;  // groups create --members, add, remove; devices delete
+  bool force = false;                   // devices delete
+  bool yes = false;                     // devices delete
+  std::string since;                    // groups events
+  std::uint64_t event_limit = 100;      // groups events
+  std::uint64_t event_cursor = 0;       // groups events --cursor
   std::vector<std::string> add_tags, remove_tags, set_attributes, unset_attributes;  // devices tag
 };
 
@@ -293,6 +309,81 @@ int devices_rebirth(Session& session, const Invocation& inv, const Settings& s, 
       s, rebirth, [&] { return rebirth.command_id() + "\n"; }, out, err);
 }
 
+int devices_delete(Session& session, const Invocation& inv, const Settings& s, std::ostream& out, std::ostream& err) {
+  v1::RpcRequest request;
+  auto* q = request.mutable_delete_device();
+  for (const auto& id : inv.device_ids) q->add_device_ids(id);
+  q->set_force(inv.force);
+  auto reply = session.call(request, v1::RpcResponse::kDeletedDevices, "devices delete");
+  if (auto* f = std::get_if<Failure>(&reply)) return fail(*f, err);
+  const auto& deleted = std::get<v1::RpcResponse>(reply).deleted_devices();
+  return emit(
+      s, deleted, [&] { return render_deleted_devices(deleted, unix_now_ms()); }, out, err);
+}
+
+int groups_events(Session& session, const Invocation& inv, std::int64_t since_ms, const Settings& s, std::ostream& out,
+                  std::ostream& err) {
+  v1::GroupEvents all;
+  std::uint64_t cursor = inv.event_cursor;
+  // Pages until --limit events or the oldest is reached. A page may come back short (the manager
+  // examines a bounded number of stored events per request) but always moves the cursor down.
+  while (static_cast<std::uint64_t>(all.events_size()) < inv.event_limit) {
+    const auto remaining = inv.event_limit - static_cast<std::uint64_t>(all.events_size());
+    v1::RpcRequest request;
+    auto* q = request.mutable_group_events();
+    q->set_group(inv.group);
+    q->set_device_id(inv.device_id);
+    q->set_since_ms(since_ms);
+    q->set_limit(static_cast<std::uint32_t>(std::min<std::uint64_t>(remaining, kEventPageSize)));
+    q->set_before_seq(cursor);
+    auto reply = session.call(request, v1::RpcResponse::kGroupEvents, "groups events");
+    if (auto* f = std::get_if<Failure>(&reply)) return fail(*f, err);
+    auto& page = *std::get<v1::RpcResponse>(reply).mutable_group_events();
+    for (auto& e : *page.mutable_events()) {
+      if (static_cast<std::uint64_t>(all.events_size()) >= inv.event_limit) break;
+      *all.add_events() = std::move(e);
+    }
+    all.set_first_seq(page.first_seq());
+    all.set_last_seq(page.last_seq());
+    // A cursor that does not move down would loop forever on a misbehaving manager.
+    const bool moved = page.next_cursor() != 0 && (cursor == 0 || page.next_cursor() < cursor);
+    all.set_next_cursor(moved ? page.next_cursor() : 0);
+    if (!moved) break;
+    cursor = page.next_cursor();
+  }
+  return emit(
+      s, all, [&] { return render_group_events(all); }, out, err);
+}
+
+// `devices delete` asks before deleting, on a terminal; elsewhere it needs --yes.
+std::optional<Failure> confirm_delete(const Invocation& inv, std::ostream& err) {
+  if (inv.yes) return std::nullopt;
+  const bool terminal = &err == &std::cerr && ::isatty(STDIN_FILENO) == 1 && ::isatty(STDERR_FILENO) == 1;
+  if (!terminal) {
+    return usage("devices delete: no terminal to confirm on; add --yes to confirm the deletion (nothing was deleted)");
+  }
+  err << fmt::format("Delete {} {} ({}) with their inventory, telemetry, labels and group memberships? [y/N] ",
+                     inv.device_ids.size(), inv.device_ids.size() == 1 ? "device" : "devices",
+                     fmt::join(inv.device_ids, ", "));
+  err.flush();
+  std::string answer;
+  if (!std::getline(std::cin, answer) || (answer != "y" && answer != "Y" && answer != "yes" && answer != "YES")) {
+    return usage("devices delete: not confirmed; nothing was deleted");
+  }
+  return std::nullopt;
+}
+
+// --since: a duration ago (2h or -2h), or a time (RFC 3339 or now).
+Outcome<std::int64_t> parse_since(const std::string& text, std::int64_t now_ms) {
+  if (text.empty()) return std::int64_t{0};
+  std::string_view ago(text);
+  if (ago.starts_with('-')) ago.remove_prefix(1);
+  if (auto d = config::parse_duration(ago)) return std::max<std::int64_t>(1, now_ms - d->count());
+  auto t = manager::parse_time(text, now_ms);
+  if (!t) return usage(fmt::format("--since: {} (or a duration ago, e.g. 2h)", t.error().message));
+  return std::max<std::int64_t>(1, *t);
+}
+
 int manager_status(Session& session, const Settings& s, std::ostream& out, std::ostream& err) {
   v1::RpcRequest request;
   request.mutable_manager_stats();
@@ -305,10 +396,28 @@ int manager_status(Session& session, const Settings& s, std::ostream& out, std::
 
 int execute(const Invocation& inv, std::ostream& out, std::ostream& err) {
   if (inv.command == Command::devices_show || inv.command == Command::devices_rebirth ||
-      inv.command == Command::devices_tag || inv.command == Command::groups_explain) {
+      inv.command == Command::devices_tag || inv.command == Command::groups_explain ||
+      (inv.command == Command::groups_events && !inv.device_id.empty())) {
     if (auto id = DeviceId::parse(inv.device_id); !id) {
       return fail(usage(fmt::format("invalid device id '{}': {}", inv.device_id, id.error().message)), err);
     }
+  }
+  if (inv.command == Command::devices_delete) {
+    // Exact ids only: a pattern is not a device id, so nothing like "*" can delete a fleet.
+    for (const auto& raw : inv.device_ids) {
+      if (auto id = DeviceId::parse(raw); !id) {
+        return fail(usage(fmt::format("invalid device id '{}': {}", raw, id.error().message)), err);
+      }
+    }
+    if (inv.device_ids.size() > kMaxDeleteIds) {
+      return fail(usage(fmt::format("devices delete: at most {} devices at once", kMaxDeleteIds)), err);
+    }
+  }
+  std::int64_t since_ms = 0;
+  if (inv.command == Command::groups_events) {
+    auto since = parse_since(inv.since, unix_now_ms());
+    if (auto* f = std::get_if<Failure>(&since)) return fail(*f, err);
+    since_ms = std::get<std::int64_t>(since);
   }
   for (const auto& kv : inv.set_attributes) {
     const auto eq = kv.find('=');
@@ -317,6 +426,9 @@ int execute(const Invocation& inv, std::ostream& out, std::ostream& err) {
   auto resolved = resolve_settings(inv.global);
   if (auto* f = std::get_if<Failure>(&resolved)) return fail(*f, err);
   const Settings& settings = std::get<Settings>(resolved);
+  if (inv.command == Command::devices_delete) {
+    if (auto f = confirm_delete(inv, err)) return fail(*f, err);
+  }
   Session session(settings);
 
   switch (inv.command) {
@@ -327,6 +439,8 @@ int execute(const Invocation& inv, std::ostream& out, std::ostream& err) {
     case Command::devices_stats: return devices_stats(session, inv, settings, out, err);
     case Command::devices_rebirth: return devices_rebirth(session, inv, settings, out, err);
     case Command::devices_tag: return devices_tag(session, inv, settings, out, err);
+    case Command::devices_delete: return devices_delete(session, inv, settings, out, err);
+    case Command::groups_events: return groups_events(session, inv, since_ms, settings, out, err);
     case Command::groups_create:
     case Command::groups_list:
     case Command::groups_show:
@@ -556,6 +670,14 @@ int run(int argc, char** argv, std::ostream& out, std::ostream& err) {
   tag->add_option("--set", inv.set_attributes, "Attributes to set (queried as attr.KEY)")->type_name("KEY=VALUE");
   tag->add_option("--unset", inv.unset_attributes, "Attributes to remove")->delimiter(',')->type_name("KEY,...");
 
+  auto* del = devices->add_subcommand(
+      "delete",
+      "Delete devices and everything the manager holds about them (record, inventory, telemetry, labels, "
+      "group memberships)");
+  del->add_option("ids", inv.device_ids, "Device ids (exact ids, at most 500)")->required();
+  del->add_flag("--force", inv.force, "Also delete devices that are online (they register again when they next send)");
+  del->add_flag("--yes", inv.yes, "Do not ask for confirmation (required when stdin is not a terminal)");
+
   auto* groups = app.add_subcommand("groups", "Static and query-defined groups of devices");
   auto* g_create = groups->add_subcommand("create", "Create a group: static (--members) or dynamic (--query)");
   g_create->add_option("name", inv.group, "Group name")->required();
@@ -584,6 +706,17 @@ int run(int argc, char** argv, std::ostream& out, std::ostream& err) {
   g_explain->add_option("id", inv.device_id, "Device id")->required();
   auto* g_delete = groups->add_subcommand("delete", "Delete a group (it must have no subgroups)");
   g_delete->add_option("name", inv.group, "Group name")->required();
+  auto* g_events = groups->add_subcommand("events", "Membership events recorded by the manager, newest first");
+  g_events->add_option("group", inv.group, "Only this group's events (default: every group)");
+  g_events->add_option("--device", inv.device_id, "Only this device's events")->type_name("ID");
+  g_events->add_option("--since", inv.since, "Stop at events older than this: RFC 3339, or a duration ago such as 2h")
+      ->type_name("TIME");
+  g_events->add_option("--limit", inv.event_limit, "At most N events (default 100, at most 100000)")
+      ->check(CLI::Range(std::uint64_t{1}, kMaxEventLimit))
+      ->type_name("N");
+  g_events->add_option("--cursor", inv.event_cursor, "Continue below this sequence number (a previous next page)")
+      ->check(positive_integer)
+      ->type_name("SEQ");
 
   auto* manager = app.add_subcommand("manager", "Inspect the fleet manager");
   auto* status = manager->add_subcommand("status", "Show the manager's instance, uptime and counters");
@@ -611,13 +744,13 @@ int run(int argc, char** argv, std::ostream& out, std::ostream& err) {
   if (auto f = job_commands.check_subcommand()) return fail(*f, err);
   if (auto f = policy_commands.check_subcommand()) return fail(*f, err);
   if (groups->parsed() && groups->get_subcommands().empty()) {
-    return fail(usage("groups: a subcommand is required: create, list, show, members, add, remove, explain or "
-                      "delete (see flotilla groups --help)"),
+    return fail(usage("groups: a subcommand is required: create, list, show, members, add, remove, explain, "
+                      "delete or events (see flotilla groups --help)"),
                 err);
   }
   if (devices->parsed() && devices->get_subcommands().empty()) {
-    return fail(usage("devices: a subcommand is required: list, show, count, query, stats, tag or rebirth "
-                      "(see flotilla devices --help)"),
+    return fail(usage("devices: a subcommand is required: list, show, count, query, stats, tag, rebirth or "
+                      "delete (see flotilla devices --help)"),
                 err);
   }
   if (manager->parsed() && manager->get_subcommands().empty()) {
@@ -639,6 +772,8 @@ int run(int argc, char** argv, std::ostream& out, std::ostream& err) {
   else if (g_remove->parsed()) inv.command = Command::groups_remove;
   else if (g_explain->parsed()) inv.command = Command::groups_explain;
   else if (g_delete->parsed()) inv.command = Command::groups_delete;
+  else if (del->parsed()) inv.command = Command::devices_delete;
+  else if (g_events->parsed()) inv.command = Command::groups_events;
 
   try {
     if (job_commands.chosen()) return job_commands.execute(inv.global, out, err);

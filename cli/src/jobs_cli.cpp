@@ -457,6 +457,7 @@ Result<JobPlan> plan_job(const JobFlags& flags, std::int64_t now_ms) {
     return invalid(fmt::format("--description: UTF-8 text of at most {} bytes", kMaxDescriptionBytes));
   }
   spec.set_description(flags.description);
+  spec.set_require_approval(flags.require_approval);
   return plan;
 }
 
@@ -538,6 +539,7 @@ enum class JobCommand {
   jobs_list,
   jobs_show,
   jobs_cancel,
+  jobs_approve,
   jobs_watch,
   audit
 };
@@ -553,7 +555,7 @@ struct JobInvocation {
   std::string key;  // --key
   JobFlags job;
   bool dry_run = false;
-  std::string job_id;  // show, cancel, watch
+  std::string job_id;  // show, cancel, approve, watch
   bool active_only = false;
   std::uint32_t list_limit = 0;  // jobs list, audit: 0 = the manager's default
   bool executions = false;
@@ -891,14 +893,19 @@ int jobs_show(Session& session, const JobInvocation& inv, const Settings& s, std
   return exit_ok;
 }
 
-int jobs_cancel(Session& session, const JobInvocation& inv, const Settings& s, std::ostream& out, std::ostream& err) {
+// jobs cancel and jobs approve: a decision on one job, with a note for the audit log.
+int jobs_decide(Session& session, const JobInvocation& inv, const Settings& s, bool approve, std::ostream& out,
+                std::ostream& err) {
+  const char* flag = approve ? "--note" : "--reason";
   if (inv.reason.size() > kMaxDescriptionBytes || !is_utf8(inv.reason)) {
-    return fail(usage(fmt::format("--reason: UTF-8 text of at most {} bytes", kMaxDescriptionBytes)), err);
+    return fail(usage(fmt::format("{}: UTF-8 text of at most {} bytes", flag, kMaxDescriptionBytes)), err);
   }
   v1::RpcRequest request;
-  request.mutable_cancel_job()->set_job_id(inv.job_id);
-  request.mutable_cancel_job()->set_reason(inv.reason);
-  auto reply = session.call(std::move(request), v1::RpcResponse::kJob, fmt::format("jobs cancel {}", inv.job_id));
+  auto* decision = approve ? request.mutable_approve_job() : request.mutable_cancel_job();
+  decision->set_job_id(inv.job_id);
+  decision->set_reason(inv.reason);
+  auto reply = session.call(std::move(request), v1::RpcResponse::kJob,
+                            fmt::format("jobs {} {}", approve ? "approve" : "cancel", inv.job_id));
   if (auto* f = std::get_if<Failure>(&reply)) return fail(*f, err);
   const auto& job = std::get<v1::RpcResponse>(reply).job();
   return emit(
@@ -1076,6 +1083,8 @@ void JobCommands::Impl::add(CLI::App& app) {
       ->type_name("TENANT[/SITE]");
   create->add_option("--id", j.id, "Job id (default j-YYYYMMDD-HHMMSS-xxxxxx)")->type_name("ID");
   create->add_option("--description", j.description, "Free text")->type_name("TEXT");
+  create->add_flag("--require-approval", j.require_approval,
+                   "Dispatch nothing until another operator runs `flotilla jobs approve ID`");
   create->add_option("--key", i.key, "Private key (default $FLOTILLA_SIGNING_KEY, else the config's signing_key)")
       ->type_name("FILE");
   create->add_flag("--dry-run", i.dry_run, "Print the signed request as JSON; create nothing");
@@ -1102,6 +1111,10 @@ void JobCommands::Impl::add(CLI::App& app) {
   cancel->add_option("id", i.job_id, "Job id")->required();
   cancel->add_option("--reason", i.reason, "Why (kept in the audit log)")->type_name("TEXT");
   leaves.emplace_back(cancel, JobCommand::jobs_cancel);
+  auto* approve = jobs->add_subcommand("approve", "Approve a job that awaits approval (not your own)");
+  approve->add_option("id", i.job_id, "Job id")->required();
+  approve->add_option("--note", i.reason, "A note for the audit log")->type_name("TEXT");
+  leaves.emplace_back(approve, JobCommand::jobs_approve);
   auto* watch = jobs->add_subcommand("watch", "Follow a job's progress until it ends");
   watch->add_option("id", i.job_id, "Job id")->required();
   watch->add_option("--interval", i.interval, "Poll period (default 1s)")->type_name("DURATION");
@@ -1131,7 +1144,8 @@ std::optional<Failure> JobCommands::check_subcommand() const {
     return usage("scripts: a subcommand is required: add, list or show (see flotilla scripts --help)");
   }
   if (impl_->jobs->parsed() && impl_->jobs->get_subcommands().empty()) {
-    return usage("jobs: a subcommand is required: create, list, show, cancel or watch (see flotilla jobs --help)");
+    return usage(
+        "jobs: a subcommand is required: create, list, show, cancel, approve or watch (see flotilla jobs --help)");
   }
   return std::nullopt;
 }
@@ -1142,7 +1156,8 @@ int JobCommands::execute(const GlobalOptions& options, std::ostream& out, std::o
   if (command == JobCommand::none) return fail(Failure{exit_internal, "no command selected"}, err);
   // Keys need no broker and no configuration file.
   if (command == JobCommand::keys_generate) return keys_generate(inv, options.output == "json", out, err);
-  if (command == JobCommand::jobs_show || command == JobCommand::jobs_cancel || command == JobCommand::jobs_watch) {
+  if (command == JobCommand::jobs_show || command == JobCommand::jobs_cancel || command == JobCommand::jobs_approve ||
+      command == JobCommand::jobs_watch) {
     if (auto st = validate_topic_level_name(inv.job_id, "job id"); !st) return fail(usage(st.error().message), err);
   }
 
@@ -1157,7 +1172,8 @@ int JobCommands::execute(const GlobalOptions& options, std::ostream& out, std::o
     case JobCommand::jobs_create: return jobs_create(session, inv, settings, out, err);
     case JobCommand::jobs_list: return jobs_list(session, inv, settings, out, err);
     case JobCommand::jobs_show: return jobs_show(session, inv, settings, out, err);
-    case JobCommand::jobs_cancel: return jobs_cancel(session, inv, settings, out, err);
+    case JobCommand::jobs_cancel: return jobs_decide(session, inv, settings, false, out, err);
+    case JobCommand::jobs_approve: return jobs_decide(session, inv, settings, true, out, err);
     case JobCommand::jobs_watch: return jobs_watch(session, inv, settings, out, err);
     case JobCommand::audit: return audit(session, inv, settings, out, err);
     case JobCommand::keys_generate:

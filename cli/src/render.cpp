@@ -8,6 +8,8 @@
 #include <fmt/format.h>
 #include <google/protobuf/util/json_util.h>
 
+#include "flotilla/cli/render_jobs.hpp"
+
 namespace flotilla::cli {
 namespace {
 
@@ -381,6 +383,35 @@ std::string render_groups(const v1::GroupList& list) {
 std::string render_explanation(const v1::MembershipExplanation& e) {
   std::string out = e.member() ? "member\n" : "not a member\n";
   for (const auto& l : e.lines()) out += "  " + l + "\n";
+  return out;
+}
+
+std::string render_deleted_devices(const v1::DeletedDevices& deleted, std::int64_t now_ms) {
+  Rows rows{{"ID", "KIND", "WAS", "LAST SEEN", "GROUPS LEFT"}};
+  std::vector<std::string> were_online;
+  for (const auto& d : deleted.devices()) {
+    const auto& r = d.record();
+    if (r.online()) were_online.push_back(r.device_id());
+    rows.push_back({r.device_id(), std::string(kind_name(r.kind())), r.online() ? "online" : "offline",
+                    format_age(r.last_seen_ms(), now_ms),
+                    d.groups().empty() ? "-" : fmt::format("{}", fmt::join(d.groups(), ", "))});
+  }
+  std::string out = render_columns(rows);
+  out += fmt::format("{} {} deleted\n", deleted.devices_size(), deleted.devices_size() == 1 ? "device" : "devices");
+  for (const auto& id : were_online) {
+    out += fmt::format("{} was online: it registers again as a new device when it next sends a message\n", id);
+  }
+  return out;
+}
+
+std::string render_group_events(const v1::GroupEvents& events) {
+  Rows rows{{"SEQ", "TIME", "GROUP", "DEVICE", "CHANGE", "REASON"}};
+  for (const auto& e : events.events()) {
+    rows.push_back({std::to_string(e.seq()), format_utc(e.at_ms()), e.group(), e.device_id(),
+                    e.joined() ? "joined" : "left", or_dash(e.reason())});
+  }
+  std::string out = render_columns(rows, {}, {0});
+  if (events.next_cursor() != 0) out += fmt::format("next page: --cursor {}\n", events.next_cursor());
   return out;
 }
 

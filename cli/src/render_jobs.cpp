@@ -152,6 +152,12 @@ std::string render_job(const v1::JobRecord& job, std::int64_t now_ms) {
   std::string by = or_dash(job.requested_by());
   if (!job.created_by().empty()) by += fmt::format(" (key {})", job.created_by());
   rows.push_back({"Requested by:", by});
+  if (job.awaiting_approval()) {
+    rows.push_back({"Approval:", "awaiting (flotilla jobs approve " + job.job_id() + ", by another operator)"});
+  } else if (!job.approved_by().empty()) {
+    rows.push_back(
+        {"Approved by:", fmt::format("{}, {}", cell(job.approved_by(), 64), when(job.approved_at_ms(), now_ms))});
+  }
   rows.push_back({"Created:", when(job.created_at_ms(), now_ms)});
   if (spec.start_at_ms() > 0) rows.push_back({"Starts:", when(spec.start_at_ms(), now_ms)});
   if (spec.end_at_ms() > 0) rows.push_back({"Ends:", when(spec.end_at_ms(), now_ms)});

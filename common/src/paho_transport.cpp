@@ -48,7 +48,7 @@ class PahoTransport final : public Transport, private mqtt::iaction_listener {
   PahoTransport(TransportOptions options, const std::string& paho_uri, EventSink sink)
       : options_(std::move(options)),
         sink_(std::move(sink)),
-        client_(paho_uri, options_.client_id, mqtt::create_options(MQTTVERSION_5), nullptr) {
+        client_(paho_uri, options_.client_id, mqtt::create_options(MQTTVERSION_5, options_.max_buffered), nullptr) {
     // Runs on Paho's threads: translate and hand over, never call back into the client.
     client_.set_connection_lost_handler(
         [this](const std::string& cause) { lost(cause.empty() ? "connection lost" : cause); });

@@ -21,6 +21,24 @@ v1::SignedJob sign_job(const signing::Signer& signer, std::string document, std:
   return s;
 }
 
+bool valid_job_type(std::string_view type) {
+  if (type.empty() || type.size() > 64) return false;
+  bool word_start = true;
+  for (const char c : type) {
+    const bool lower = c >= 'a' && c <= 'z';
+    const bool digit_or_underscore = (c >= '0' && c <= '9') || c == '_';
+    if (c == '.') {
+      if (word_start) return false;
+      word_start = true;
+    } else if (lower || (!word_start && digit_or_underscore)) {
+      word_start = false;
+    } else {
+      return false;
+    }
+  }
+  return !word_start;
+}
+
 std::string command_id(std::string_view job_id, std::uint32_t attempt) { return fmt::format("{}/{}", job_id, attempt); }
 
 Result<v1::JobDocument> verify_job(const signing::TrustStore& trust, const v1::Command& command,

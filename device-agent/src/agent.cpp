@@ -88,6 +88,7 @@ Result<std::unique_ptr<Agent>> Agent::create(AgentConfig config, std::vector<std
     agent->check_inventory(true);
     return JobOutcome{JobStatus::succeeded, "inventory sent", {}};
   };
+  jo.local["config.set"] = [agent](const JobRequest& request) { return agent->config_set(request); };
   auto runner = JobRunner::open(std::move(jo), unix_now_ms());
   if (!runner) return std::move(runner).error();
   a->jobs_ = std::move(runner).value();
@@ -335,21 +336,51 @@ void Agent::on_config(const Message& message) {
     log::warn("ignoring desired configuration: {}", config.error().message);
     return;
   }
-  if (config->device_id() != config_.device_id) {
-    log::warn("ignoring desired configuration addressed to {:?}", config->device_id().substr(0, 80));
-    return;
+  if (auto st = adopt_config(*config); !st) log::warn("ignoring desired configuration: {}", st.error().message);
+}
+
+Status Agent::adopt_config(const v1::DesiredConfig& config) {
+  if (config.device_id() != config_.device_id) {
+    return make_error(Errc::invalid_argument, "it is addressed to {:?}", config.device_id().substr(0, 80));
   }
-  if (config->version() == protocol_.config_version()) return;
-  if (auto st = apply_config(*config); !st) {
-    log::warn("desired configuration {} not applied: {}", config->version(), st.error().message);
-    return;
+  if (config.version() == protocol_.config_version()) return {};
+  if (auto st = apply_config(config); !st) {
+    return make_error(Errc::invalid_argument, "configuration {} not applied: {}", config.version().substr(0, 64),
+                      st.error().message);
   }
-  if (auto st = write_file_durably(config_.state_dir / "config.pb", codec::encode(*config)); !st) {
+  if (auto st = write_file_durably(config_.state_dir / "config.pb", codec::encode(config)); !st) {
     log::warn("desired configuration applied but not saved: {}", st.error().message);
   }
-  log::info("desired configuration {} applied ({} keys)", config->version(), config->values_size());
+  log::info("desired configuration {} applied ({} keys)", config.version(), config.values_size());
   // Report the applied version now rather than at the next sample.
   sample_telemetry();
+  return {};
+}
+
+JobOutcome Agent::config_set(const JobRequest& request) {
+  v1::DesiredConfig config;
+  if (request.config.empty() || !config.ParseFromString(request.config)) {
+    return {JobStatus::rejected, "config.set: the command carries no configuration", {}};
+  }
+  for (const auto& [key, value] : request.params) {
+    auto it = config.values().find(key);
+    if (it == config.values().end()) {
+      return {JobStatus::rejected, fmt::format("config.set: the configuration sent has no {}", key), {}};
+    }
+    if (it->second != value) {
+      auto source = config.sources().find(key);
+      return {JobStatus::rejected,
+              fmt::format("config.set: {} is {:?} in the configuration sent, not {:?} (decided by {})", key,
+                          it->second.substr(0, 80), value.substr(0, 80),
+                          source == config.sources().end() ? std::string("?") : source->second),
+              {}};
+    }
+  }
+  if (auto st = adopt_config(config); !st)
+    return {JobStatus::failed, fmt::format("config.set: {}", st.error().message), {}};
+  return {JobStatus::succeeded,
+          fmt::format("configuration {} applied ({} keys)", config.version(), config.values_size()),
+          {{"config_version", config.version()}}};
 }
 
 Status Agent::apply_config(const v1::DesiredConfig& config) {

@@ -148,6 +148,7 @@ std::vector<JobReport> JobRunner::on_command(const v1::Command& command, std::in
     // A started record that is not running was finished as interrupted at open().
   }
   JobRequest request = request_from(*doc);
+  if (command.has_config()) request.config = command.config().SerializeAsString();
   if (!allowed_types_.empty() && !allowed_types_.contains(request.type)) {
     return {
         report(job_id, attempt, v1::CommandResult::STATUS_REJECTED,

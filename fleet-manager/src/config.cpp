@@ -1,6 +1,7 @@
 #include "flotilla/manager/config.hpp"
 
 #include "flotilla/core/ids.hpp"
+#include "flotilla/core/signed_job.hpp"
 
 namespace flotilla::manager {
 
@@ -18,8 +19,10 @@ Result<ManagerConfig> load_config(const std::filesystem::path* file) {
           reader->read("manager.instance_id", c.instance_id), reader->read("manager.queue_capacity", queue),
           reader->read("manager.max_batch", batch), reader->read("manager.rebirth_interval", c.rebirth_interval),
           reader->read("jobs.default_timeout", c.job_timeout),
-          reader->read("jobs.redrive_interval", c.job_redrive_interval), reader->read("log.level", level),
-          reader->read("log.burst", c.log_burst), reader->reject_unknown_keys()}) {
+          reader->read("jobs.redrive_interval", c.job_redrive_interval),
+          reader->read("jobs.require_approval", c.job_require_approval),
+          reader->read("groups.event_retention", c.event_retention), reader->read("groups.event_max", c.event_max),
+          reader->read("log.level", level), reader->read("log.burst", c.log_burst), reader->reject_unknown_keys()}) {
       if (!st) return std::move(st).error();
     }
     auto lvl = log::parse_level(level);
@@ -48,6 +51,19 @@ Status validate(const ManagerConfig& c) {
   }
   if (c.job_redrive_interval < std::chrono::milliseconds(100) || c.job_redrive_interval > std::chrono::hours(1)) {
     return make_error(Errc::invalid_argument, "jobs.redrive_interval: must be between 100ms and 1h");
+  }
+  for (const auto& type : c.job_require_approval) {
+    if (type != "*" && !jobs::valid_job_type(type)) {
+      return make_error(Errc::invalid_argument, "jobs.require_approval: {:?} is not a job type (e.g. reboot) or *",
+                        type.substr(0, 80));
+    }
+  }
+  if (c.event_retention.count() != 0 &&
+      (c.event_retention < std::chrono::minutes(1) || c.event_retention > std::chrono::hours(24 * 36500))) {
+    return make_error(Errc::invalid_argument, "groups.event_retention: must be 0 (keep every event) or 1m to 36500d");
+  }
+  if (c.event_max > 1'000'000'000'000ULL) {
+    return make_error(Errc::invalid_argument, "groups.event_max: must be 0 (no limit) or at most 1000000000000");
   }
   return {};
 }

@@ -1,8 +1,11 @@
 #include "flotilla/manager/groups.hpp"
 
 #include <algorithm>
+#include <charconv>
 #include <functional>
 #include <limits>
+#include <optional>
+#include <system_error>
 
 #include <fmt/format.h>
 
@@ -18,6 +21,10 @@ constexpr std::string_view kGroupPrefix = "g/";
 constexpr std::string_view kMemberPrefix = "m/";
 constexpr std::string_view kEventPrefix = "e/";
 constexpr std::string_view kSeqKey = "s/event_seq";
+// The oldest event retention left, so that start-up finds it without walking what it erased.
+constexpr std::string_view kFirstKey = "s/event_first";
+// Event keys are "e/" and 20 digits: the keys of 1,000 consecutive numbers share a prefix of 17.
+constexpr std::uint64_t kEventBlock = 1000;
 constexpr std::size_t kMaxGroups = 10000;
 constexpr int kMaxDepth = 8;
 
@@ -30,46 +37,104 @@ std::string member_key(std::string_view group, std::string_view id) {
   return fmt::format("{}{}/{}", kMemberPrefix, group, id);
 }
 
+std::string event_key(std::uint64_t seq) { return fmt::format("{}{:020}", kEventPrefix, seq); }
+
+std::optional<std::uint64_t> parse_decimal(std::string_view text) {
+  std::uint64_t n = 0;
+  const auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
+  if (ec != std::errc{} || ptr != text.data() + text.size() || text.empty()) return std::nullopt;
+  return n;
+}
+
+// Visits the stored events numbered block * 1000 to block * 1000 + 999 in order, with their seq,
+// until `visit` returns false. Keys that are not an event key are skipped.
+Status scan_event_block(const Store& store, std::uint64_t block,
+                        const std::function<bool(std::uint64_t, std::string_view, std::string_view)>& visit) {
+  return store.scan(Space::groups, fmt::format("{}{:017}", kEventPrefix, block),
+                    [&](std::string_view key, std::string_view value) {
+                      const auto seq = parse_decimal(key.substr(kEventPrefix.size()));
+                      return !seq || key.size() != kEventPrefix.size() + 20 || visit(*seq, key, value);
+                    });
+}
+
+bool event_matches(const v1::MembershipEvent& e, const EventQuery& q) {
+  return (q.group.empty() || e.group() == q.group) && (q.device_id.empty() || e.device_id() == q.device_id);
+}
+
 }  // namespace
 
 Result<Groups> Groups::load(const Store& store) {
   Groups g;
   Status bad;
-  auto st = store.scan(Space::groups, "", [&](std::string_view key, std::string_view value) {
-    if (key.starts_with(kGroupPrefix)) {
-      v1::Group group;
-      if (!group.ParseFromArray(value.data(), static_cast<int>(value.size()))) {
-        bad = make_error(Errc::corruption, "group record '{}' does not decode", key);
+  // Prefix by prefix: the events ("e/"), possibly millions, are not read at start.
+  auto st = store.scan(Space::groups, kGroupPrefix, [&](std::string_view key, std::string_view value) {
+    v1::Group group;
+    if (!group.ParseFromArray(value.data(), static_cast<int>(value.size()))) {
+      bad = make_error(Errc::corruption, "group record '{}' does not decode", key);
+      return false;
+    }
+    if (group.type() == v1::Group::TYPE_DYNAMIC) {
+      auto q = query::parse(group.query());
+      if (!q) {
+        bad = make_error(Errc::corruption, "query of group {} no longer parses: {}", group.name(), q.error().message);
         return false;
       }
-      if (group.type() == v1::Group::TYPE_DYNAMIC) {
-        auto q = query::parse(group.query());
-        if (!q) {
-          bad = make_error(Errc::corruption, "query of group {} no longer parses: {}", group.name(), q.error().message);
-          return false;
-        }
-        g.queries_.emplace(group.name(), std::move(q).value());
-      } else {
-        for (const auto& m : group.members()) {
-          g.direct_[group.name()].insert(m);
-          g.of_device_[m].insert(group.name());
-        }
+      g.queries_.emplace(group.name(), std::move(q).value());
+    } else {
+      for (const auto& m : group.members()) {
+        g.direct_[group.name()].insert(m);
+        g.of_device_[m].insert(group.name());
       }
-      g.groups_.emplace(group.name(), std::move(group));
-    } else if (key.starts_with(kMemberPrefix)) {
-      const auto rest = key.substr(kMemberPrefix.size());
-      const auto slash = rest.find('/');
-      if (slash == std::string_view::npos) return true;
-      const std::string group(rest.substr(0, slash)), id(rest.substr(slash + 1));
-      g.direct_[group].insert(id);
-      g.of_device_[id].insert(group);
-    } else if (key == kSeqKey) {
-      g.event_seq_ = std::strtoull(std::string(value).c_str(), nullptr, 10);
+    }
+    g.groups_.emplace(group.name(), std::move(group));
+    return true;
+  });
+  if (!st) return std::move(st).error();
+  if (!bad) return std::move(bad).error();
+  st = store.scan(Space::groups, kMemberPrefix, [&](std::string_view key, std::string_view) {
+    const auto rest = key.substr(kMemberPrefix.size());
+    const auto slash = rest.find('/');
+    if (slash == std::string_view::npos) return true;
+    const std::string group(rest.substr(0, slash)), id(rest.substr(slash + 1));
+    g.direct_[group].insert(id);
+    g.of_device_[id].insert(group);
+    return true;
+  });
+  if (!st) return std::move(st).error();
+  std::uint64_t first_hint = 0;
+  st = store.scan(Space::groups, "s/", [&](std::string_view key, std::string_view value) {
+    const auto n = parse_decimal(value);
+    if (key == kSeqKey || key == kFirstKey) {
+      if (!n) {
+        bad = make_error(Errc::corruption, "{} is {:?}, not a number", key, value);
+        return false;
+      }
+      (key == kSeqKey ? g.event_seq_ : first_hint) = *n;
     }
     return true;
   });
   if (!st) return std::move(st).error();
   if (!bad) return std::move(bad).error();
+
+  // The oldest stored event: the first at or after where retention left off.
+  g.event_first_ = g.event_seq_ + 1;
+  auto found = [&](std::uint64_t seq, std::string_view, std::string_view) {
+    if (seq < first_hint) return true;
+    g.event_first_ = std::min(seq, g.event_first_);
+    return false;
+  };
+  if (first_hint == 0) {
+    st = store.scan(Space::groups, kEventPrefix, [&](std::string_view key, std::string_view value) {
+      const auto seq = parse_decimal(key.substr(kEventPrefix.size()));
+      return !seq || found(*seq, key, value);
+    });
+    if (!st) return std::move(st).error();
+  } else {
+    for (std::uint64_t b = first_hint / kEventBlock; b <= g.event_seq_ / kEventBlock && g.event_first_ > g.event_seq_;
+         ++b) {
+      if (auto scanned = scan_event_block(store, b, found); !scanned) return std::move(scanned).error();
+    }
+  }
   return g;
 }
 
@@ -82,7 +147,7 @@ v1::MembershipEvent Groups::event(const std::string& group, const std::string& i
   e.set_joined(joined);
   e.set_at_ms(now_ms);
   e.set_reason(std::move(reason));
-  batch.put(Space::groups, fmt::format("{}{:020}", kEventPrefix, e.seq()), codec::encode(e));
+  batch.put(Space::groups, event_key(e.seq()), codec::encode(e));
   batch.put(Space::groups, std::string(kSeqKey), std::to_string(event_seq_));
   return e;
 }
@@ -202,6 +267,26 @@ Result<std::vector<v1::MembershipEvent>> Groups::change_members(std::string_view
   return events;
 }
 
+std::vector<v1::MembershipEvent> Groups::forget_device(const std::string& id, std::int64_t now_ms, Batch& batch) {
+  std::vector<v1::MembershipEvent> events;
+  auto it = of_device_.find(id);
+  if (it == of_device_.end()) return events;
+  const std::set<std::string> direct_groups = it->second;  // set_member() changes it
+  for (const auto& name : direct_groups) {
+    auto g = groups_.find(name);
+    const bool is_static = g != groups_.end() && g->second.type() == v1::Group::TYPE_STATIC;
+    set_member(name, id, false, !is_static, batch);
+    if (g == groups_.end()) continue;  // a member row left behind by a group that is gone
+    if (is_static) {
+      g->second.clear_members();
+      for (const auto& m : direct_[name]) g->second.add_members(m);
+      batch.put(Space::groups, fmt::format("{}{}", kGroupPrefix, name), codec::encode(g->second));
+    }
+    events.push_back(event(name, id, false, "device deleted", now_ms, batch));
+  }
+  return events;
+}
+
 std::vector<v1::MembershipEvent> Groups::reevaluate(const std::vector<std::string>& ids, const FleetIndex& index,
                                                     std::int64_t now_ms, Batch& batch) {
   std::vector<v1::MembershipEvent> events;
@@ -244,6 +329,89 @@ std::vector<v1::MembershipEvent> Groups::reconcile(const FleetIndex& index, std:
     }
   }
   return events;
+}
+
+Result<EventPage> Groups::read_events(const Store& store, const EventQuery& query) const {
+  EventPage page;
+  if (query.limit == 0 || event_first_ > event_seq_ || query.before_seq == 1) return page;
+  std::uint64_t top = query.before_seq == 0 ? event_seq_ : std::min(query.before_seq - 1, event_seq_);
+  if (top < event_first_) return page;
+  std::size_t examined = 0;
+  std::vector<std::pair<std::uint64_t, std::string>> block;
+  // Newest first: the blocks downwards from the one holding `top`, each read in key order and
+  // walked backwards.
+  for (std::uint64_t b = top / kEventBlock;; --b) {
+    block.clear();
+    auto scanned = scan_event_block(store, b, [&](std::uint64_t seq, std::string_view, std::string_view value) {
+      if (seq > top) return false;
+      if (seq >= event_first_) block.emplace_back(seq, value);
+      return true;
+    });
+    if (!scanned) return std::move(scanned).error();
+    for (auto it = block.rbegin(); it != block.rend(); ++it) {
+      v1::MembershipEvent e;
+      if (!e.ParseFromString(it->second)) {
+        return make_error(Errc::corruption, "membership event {} does not decode", it->first);
+      }
+      ++examined;
+      if (query.since_ms > 0 && e.at_ms() < query.since_ms) return page;
+      if (!event_matches(e, query)) continue;
+      page.events.push_back(std::move(e));
+      if (page.events.size() >= query.limit) {
+        if (it->first > event_first_) page.next_cursor = it->first;
+        return page;
+      }
+    }
+    const std::uint64_t block_start = b * kEventBlock;
+    if (block_start <= event_first_) return page;
+    if (examined >= query.max_examined) {
+      page.next_cursor = block_start;
+      return page;
+    }
+    top = block_start - 1;
+  }
+}
+
+Result<std::size_t> Groups::prune_events(const Store& store, std::int64_t now_ms, std::chrono::milliseconds max_age,
+                                         std::uint64_t max_events, std::size_t budget, Batch& batch) {
+  if (event_first_ > event_seq_ || budget == 0 || (max_age.count() <= 0 && max_events == 0)) return 0;
+  // Every event up to this number is beyond the newest max_events.
+  const std::uint64_t beyond_count = max_events > 0 && event_seq_ > max_events ? event_seq_ - max_events : 0;
+  const std::int64_t cutoff = max_age.count() > 0 ? now_ms - max_age.count() : std::numeric_limits<std::int64_t>::min();
+  std::uint64_t first = event_first_;
+  std::size_t erased = 0;
+  bool younger_found = false;
+  Status bad;
+  for (std::uint64_t b = first / kEventBlock; !younger_found && erased < budget && b <= event_seq_ / kEventBlock; ++b) {
+    auto scanned = scan_event_block(store, b, [&](std::uint64_t seq, std::string_view key, std::string_view value) {
+      if (seq < first) return true;
+      bool expired = seq <= beyond_count;
+      if (!expired && max_age.count() > 0) {
+        v1::MembershipEvent e;
+        if (!e.ParseFromArray(value.data(), static_cast<int>(value.size()))) {
+          bad = make_error(Errc::corruption, "membership event {} does not decode", seq);
+          return false;
+        }
+        expired = e.at_ms() < cutoff;
+      }
+      if (!expired) {
+        younger_found = true;
+        return false;
+      }
+      batch.erase(Space::groups, std::string(key));
+      first = seq + 1;
+      return ++erased < budget;
+    });
+    if (!scanned) return std::move(scanned).error();
+    if (!bad) return std::move(bad).error();
+  }
+  // Every block was walked without meeting an event to keep: none is left.
+  if (!younger_found && erased < budget) first = event_seq_ + 1;
+  if (first != event_first_) {
+    event_first_ = first;
+    batch.put(Space::groups, std::string(kFirstKey), std::to_string(first));
+  }
+  return erased;
 }
 
 const v1::Group* Groups::find(std::string_view name) const {

@@ -102,6 +102,8 @@ struct ActiveJob {
     int doublings = 0;
   };
   std::unordered_map<std::string, Flight> in_flight;
+  // Every ready device waits for its jitter until then (0: something is ready now).
+  std::int64_t jitter_until_ms = 0;
   bool dirty = false;
 };
 
@@ -156,9 +158,16 @@ struct JobEngine::Impl {
   void enqueue(ActiveJob& job, const v1::Execution& e) {
     if (directory.online(e.device_id())) {
       job.ready.push_back(e.device_id());
+      job.jitter_until_ms = 0;
     } else {
       job.waiting.insert(e.device_id());
     }
+  }
+
+  bool approval_required(const v1::JobSpec& spec, std::string_view type) const {
+    if (spec.require_approval()) return true;
+    return std::any_of(options.require_approval.begin(), options.require_approval.end(),
+                       [&](const std::string& t) { return t == "*" || t == type; });
   }
 
   Message command_for(const ActiveJob& job, const v1::Execution& e, std::int64_t now_ms) {
@@ -175,6 +184,7 @@ struct JobEngine::Impl {
       signed_job->set_target(e.device_id());
       signed_job->set_signature(e.signature());
     }
+    if (directory.complete_command) directory.complete_command(job.document, e.device_id(), cmd);
     return Message{topics::device(*id, topics::Channel::cmd), codec::encode(cmd), 1, false, {}, {}};
   }
 
@@ -188,8 +198,9 @@ struct JobEngine::Impl {
     }
   }
 
-  void dispatch(ActiveJob& job, v1::Execution& e, std::int64_t now_ms) {
+  void dispatch(ActiveJob& job, v1::Execution& e, std::int64_t now_ms, Batch& batch) {
     if (e.attempt() == 1 && e.dispatched_at_ms() == 0) job.record.set_notified(job.record.notified() + 1);
+    if (directory.before_dispatch) directory.before_dispatch(job.record, job.document, e.device_id(), now_ms, batch);
     transition(job, e, v1::EXECUTION_IN_PROGRESS, now_ms);
     e.set_dispatched_at_ms(now_ms);
     e.set_status("notified");
@@ -296,7 +307,7 @@ struct JobEngine::Impl {
 };
 
 JobEngine::JobEngine(JobEngineOptions options, DeviceDirectory directory) : impl_(std::make_unique<Impl>()) {
-  impl_->options = options;
+  impl_->options = std::move(options);
   impl_->directory = std::move(directory);
 }
 JobEngine::JobEngine(JobEngine&&) noexcept = default;
@@ -443,7 +454,9 @@ Result<v1::JobRecord> JobEngine::create(const v1::JobSpec& spec, const std::stri
   auto& r = job.record;
   r.set_job_id(doc.job_id());
   *r.mutable_spec() = spec;
-  r.set_state(spec.start_at_ms() > now_ms ? v1::JOB_SCHEDULED : v1::JOB_IN_PROGRESS);
+  const bool approval = s.approval_required(spec, doc.type());
+  r.set_state(spec.start_at_ms() > now_ms || approval ? v1::JOB_SCHEDULED : v1::JOB_IN_PROGRESS);
+  r.set_awaiting_approval(approval);
   r.set_created_by(signed_job.key_id());
   r.set_requested_by(actor);
   r.set_created_at_ms(now_ms);
@@ -461,11 +474,13 @@ Result<v1::JobRecord> JobEngine::create(const v1::JobSpec& spec, const std::stri
   if (!unsigned_devices.empty()) {
     r.set_state_reason(fmt::format("{} targeted devices had no signature and were left out (first: {})",
                                    unsigned_devices.size(), unsigned_devices.front()));
+  } else if (approval) {
+    r.set_state_reason("awaiting approval");
   }
   const std::string id = r.job_id();
   s.audit_entry(batch, now_ms, actor, signed_job.key_id(), "job.create", id,
-                fmt::format("type {} on {} devices{}", doc.type(), job.executions.size(),
-                            target.continuous() ? " (continuous)" : ""));
+                fmt::format("type {} on {} devices{}{}", doc.type(), job.executions.size(),
+                            target.continuous() ? " (continuous)" : "", approval ? ", awaiting approval" : ""));
   auto [it, inserted] = s.active.emplace(id, std::move(job));
   s.advance(it->second, now_ms, batch);
   if (it->second.dirty) s.put_job(it->second, now_ms, batch);
@@ -496,6 +511,49 @@ Result<v1::JobRecord> JobEngine::cancel(std::string_view job_id, const std::stri
   s.put_job(job, now_ms, batch);
   auto record = job.record;
   if (job.in_flight.empty()) s.active.erase(it);
+  return s.jobs.at(std::string(job_id));
+}
+
+Result<v1::JobRecord> JobEngine::approve(std::string_view job_id, const std::string& actor, const std::string& note,
+                                         std::int64_t now_ms, Batch& batch) {
+  auto& s = *impl_;
+  auto it = s.active.find(job_id);
+  if (it == s.active.end() || job_finished(it->second.record.state())) {
+    auto done = s.jobs.find(job_id);
+    if (done == s.jobs.end()) return make_error(Errc::not_found, "no job {}", job_id);
+    return make_error(Errc::invalid_argument, "job {} already ended ({})", job_id,
+                      job_state_name(done->second.state()));
+  }
+  auto& job = it->second;
+  auto& r = job.record;
+  if (!r.awaiting_approval()) return make_error(Errc::invalid_argument, "job {} does not await approval", job_id);
+  if (actor.empty() || actor == "unknown") {
+    return make_error(Errc::permission_denied, "an approval needs the approving operator's name (FLOTILLA_ACTOR)");
+  }
+  if (actor == r.requested_by()) {
+    return make_error(Errc::permission_denied, "job {} was requested by {}; another operator must approve it", job_id,
+                      actor);
+  }
+  r.set_awaiting_approval(false);
+  r.set_approved_by(actor);
+  r.set_approved_at_ms(now_ms);
+  if (r.state_reason() == "awaiting approval") r.clear_state_reason();
+  // The pacer starts with the approval: time spent waiting earns no rollout budget.
+  *r.mutable_pacer() = initial_pacer(r.spec().rollout(), now_ms);
+  job.dirty = true;
+  // A continuous job reaches the devices that match its target now.
+  if (r.spec().target().continuous()) {
+    if (auto devices = s.directory.resolve(r.spec().target()); devices) {
+      for (const auto& d : *devices) {
+        if (!job.executions.contains(d) && s.directory.matches(r, job.document, d)) {
+          s.add_execution(job, s.new_execution(r.job_id(), d, now_ms), batch);
+        }
+      }
+    }
+  }
+  s.audit_entry(batch, now_ms, actor, "", "job.approve", std::string(job_id), bounded(note, kMaxStatusBytes));
+  s.advance(job, now_ms, batch);
+  if (job.dirty) s.put_job(job, now_ms, batch);
   return s.jobs.at(std::string(job_id));
 }
 
@@ -548,6 +606,7 @@ void JobEngine::on_birth(const std::string& device_id, std::int64_t now_ms) {
     if (auto w = job.waiting.find(device_id); w != job.waiting.end()) {
       job.waiting.erase(w);
       job.ready.push_back(device_id);
+      job.jitter_until_ms = 0;
     }
     if (auto f = job.in_flight.find(device_id); f != job.in_flight.end()) {
       // A new session: whatever the broker held for the old one may be gone. Ask again; the
@@ -585,10 +644,44 @@ void JobEngine::on_devices_changed(const std::vector<std::string>& ids, std::int
   }
 }
 
+void JobEngine::on_device_deleted(const std::string& device_id, std::int64_t now_ms, Batch& batch) {
+  auto& s = *impl_;
+  for (auto it = s.active.begin(); it != s.active.end();) {
+    auto& job = it->second;
+    auto e = job.executions.find(device_id);
+    if (e != job.executions.end() && !is_final(e->second.state())) {
+      e->second.set_status("device deleted");
+      s.transition(job, e->second, v1::EXECUTION_REMOVED, now_ms);
+      s.put_execution(job, e->second, batch);
+      s.check_complete(job, now_ms);
+      s.put_job(job, now_ms, batch);
+    }
+    if (job_finished(job.record.state()) && job.in_flight.empty()) {
+      it = s.active.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
 void JobEngine::on_reconnect() { impl_->resend_all = true; }
 
 void JobEngine::Impl::advance(ActiveJob& job, std::int64_t now_ms, Batch& batch) {
   auto& r = job.record;
+  if (r.state() == v1::JOB_SCHEDULED && r.awaiting_approval()) {
+    if (now_ms >= end_ms(job)) {
+      const std::string why = fmt::format(
+          "not approved before {}", now_ms >= r.expires_at_ms() ? "the job document expired" : "the job's end time");
+      r.set_state(v1::JOB_CANCELED);
+      r.set_state_reason(why);
+      r.set_finished_at_ms(now_ms);
+      cancel_queued(job, v1::EXECUTION_CANCELED, why, now_ms, batch);
+      audit_entry(batch, now_ms, "manager", "", "job.cancel", r.job_id(), why);
+      job.dirty = true;
+    }
+    if (job.dirty) put_job(job, now_ms, batch);
+    return;
+  }
   if (r.state() == v1::JOB_SCHEDULED && now_ms >= r.spec().start_at_ms()) {
     r.set_state(v1::JOB_IN_PROGRESS);
     job.dirty = true;
@@ -622,10 +715,12 @@ void JobEngine::Impl::advance(ActiveJob& job, std::int64_t now_ms, Batch& batch)
     pacer_pause(r.spec().rollout(), *r.mutable_pacer(), now_ms);
   }
   if (r.state() == v1::JOB_IN_PROGRESS && !job.ready.empty() && open) {
-    auto allowed = pacer_allowance(r.spec().rollout(), *r.mutable_pacer(), now_ms, r.notified(),
-                                   r.counts().succeeded());
+    const auto allowed = std::min<std::uint64_t>(
+        pacer_allowance(r.spec().rollout(), *r.mutable_pacer(), now_ms, r.notified(), r.counts().succeeded()),
+        options.max_dispatch_per_tick);
     std::uint64_t sent = 0;
     std::deque<std::string> later;
+    std::int64_t first_due = kNever;
     while (!job.ready.empty() && sent < allowed) {
       std::string device = std::move(job.ready.front());
       job.ready.pop_front();
@@ -637,13 +732,16 @@ void JobEngine::Impl::advance(ActiveJob& job, std::int64_t now_ms, Batch& batch)
       }
       const auto jitter = device_jitter_ms(r.job_id(), device, r.spec().rollout().jitter_ms());
       if (now_ms < it->second.queued_at_ms() + jitter) {
+        first_due = std::min(first_due, it->second.queued_at_ms() + jitter);
         later.push_back(std::move(device));
         continue;
       }
-      dispatch(job, it->second, now_ms);
+      dispatch(job, it->second, now_ms, batch);
       put_execution(job, it->second, batch);
       ++sent;
     }
+    // Only devices still in their jitter are left: nothing to do before the first is due.
+    job.jitter_until_ms = sent < allowed && !later.empty() ? first_due : 0;
     for (auto& d : later) job.ready.push_front(std::move(d));
     if (sent > 0) {
       pacer_consume(*r.mutable_pacer(), sent);
@@ -673,10 +771,13 @@ std::int64_t JobEngine::next_deadline(std::int64_t now_ms) const {
   std::int64_t next = kNever;
   for (const auto& [id, job] : impl_->active) {
     const auto& r = job.record;
-    if (r.state() == v1::JOB_SCHEDULED) next = std::min(next, r.spec().start_at_ms());
+    if (r.state() == v1::JOB_SCHEDULED) {
+      next = std::min(next, r.awaiting_approval() ? impl_->end_ms(job) : r.spec().start_at_ms());
+    }
     if (r.state() == v1::JOB_IN_PROGRESS && !job.ready.empty()) {
-      const auto at = std::max(next_open(job.windows, now_ms), pacer_next_ms(r.spec().rollout(), r.pacer(), now_ms,
-                                                                             r.notified(), r.counts().succeeded()));
+      const auto at = std::max(
+          {next_open(job.windows, now_ms), job.jitter_until_ms,
+           pacer_next_ms(r.spec().rollout(), r.pacer(), now_ms, r.notified(), r.counts().succeeded())});
       next = std::min(next, at);
     }
     for (const auto& [device, f] : job.in_flight) next = std::min({next, f.deadline_ms, f.resend_ms});

@@ -22,6 +22,14 @@ constexpr std::uint32_t kMaxPage = 5000;
 constexpr std::size_t kMaxReplyBytes = 512 * 1024;
 constexpr std::string_view kReplyPrefix = "flotilla/v1/cli/";
 constexpr auto kRebirthCommandTtl = std::chrono::minutes(5);
+// Devices one delete_device request may name (the request itself is at most 64 KiB).
+constexpr int kMaxDeletePerRequest = 500;
+constexpr std::uint32_t kDefaultEventPage = 100;
+constexpr std::uint32_t kMaxEventPage = 1000;
+// Membership event retention: how often the reactor looks for events to delete, and the most it
+// deletes in one write (one reactor turn), so that ingest never waits long behind it.
+constexpr auto kPruneInterval = std::chrono::seconds(10);
+constexpr std::size_t kPruneBatch = 5000;
 
 v1::RpcResponse failure(v1::RpcResponse::Code code, std::string message) {
   v1::RpcResponse r;
@@ -84,7 +92,7 @@ Manager::Manager(ManagerConfig config, std::unique_ptr<Store> store, Registry re
       store_(std::move(store)),
       registry_(std::move(registry)),
       groups_(std::move(groups)),
-      jobs_(JobEngineOptions{config_.job_timeout, config_.job_redrive_interval}, job_directory()),
+      jobs_(job_options(config_), job_directory()),
       queue_(config_.queue_capacity),
       log_limiter_(config_.log_burst, std::chrono::minutes(1)) {}
 
@@ -130,12 +138,15 @@ void Manager::run(std::stop_token stop) {
             registry_.devices().size(), registry_.online_count());
   connection_->start(SteadyClock::now());
   auto next_reconcile = SteadyClock::now() + std::chrono::seconds(30);
+  auto next_prune = SteadyClock::now();
+  bool prune_backlog = false;
   std::vector<TransportEvent> events;
   events.reserve(config_.max_batch);
   while (!stop.stop_requested()) {
     const auto now = SteadyClock::now();
     auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(connection_->next_deadline() - now);
     wait = std::clamp(wait, std::chrono::milliseconds(0), std::chrono::milliseconds(200));
+    if (prune_backlog) wait = std::chrono::milliseconds(0);
     events.clear();
     queue_.drain(events, config_.max_batch, wait);
     // Also without events: the job engine has timers.
@@ -147,6 +158,11 @@ void Manager::run(std::stop_token stop) {
       auto changes = groups_.reconcile(index_, unix_now_ms(), batch);
       commit(batch, {}, std::move(changes));
       next_reconcile = SteadyClock::now() + std::chrono::seconds(30);
+    }
+    // One bounded batch per turn while a backlog lasts, so ingest goes on in between.
+    if (prune_backlog || SteadyClock::now() >= next_prune) {
+      prune_backlog = prune_events(unix_now_ms());
+      next_prune = SteadyClock::now() + kPruneInterval;
     }
   }
   log::info("manager stopping");
@@ -170,11 +186,63 @@ void Manager::run(std::stop_token stop) {
   for (events.clear(); queue_.drain(events, config_.max_batch, std::chrono::milliseconds(0)) > 0; events.clear()) {
     handle_batch(events);
   }
+  // The last write is behind: nothing writes to the store from here until the process exits.
+  save_snapshot();
+}
+
+void Manager::save_snapshot() {
+  const auto started = SteadyClock::now();
+  const auto file = config_.data_dir / kIndexSnapshotFile;
+  if (auto st = save_index_snapshot(*store_, index_, file); !st) {
+    log::warn("index snapshot not saved, the next start rebuilds the index: {}", st.error().message);
+    return;
+  }
+  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(SteadyClock::now() - started).count();
+  log::info("index of {} devices saved to {} in {} ms", index_.size(), file.native(), ms);
+}
+
+bool Manager::prune_events(std::int64_t now_ms) {
+  if (config_.event_retention.count() == 0 && config_.event_max == 0) return false;
+  Batch batch;
+  auto erased = groups_.prune_events(*store_, now_ms, config_.event_retention, config_.event_max, kPruneBatch, batch);
+  if (!erased) {
+    std::uint64_t suppressed = 0;
+    if (log_limiter_.allow("prune", SteadyClock::now(), suppressed)) {
+      log::warn("membership events not pruned: {}", erased.error().message);
+    }
+    return false;
+  }
+  if (batch.empty()) return false;
+  commit(batch, {}, {});
+  events_["membership_events_pruned"] += *erased;
+  return *erased == kPruneBatch;
+}
+
+void Manager::clear_retained(const DeviceId& id) {
+  const auto topic = topics::device(id, topics::Channel::config);
+  // A desired configuration still waiting to be published must not follow the clear.
+  std::erase_if(config_outgoing_, [&](const Message& m) { return m.topic == topic; });
+  if (auto st = transport_->publish(Message{topic, {}, 1, true, {}, {}}); !st) {
+    retained_to_clear_.insert(topic);
+    count_drop("config_not_published", topic, st.error().message);
+  }
 }
 
 void Manager::on_up() {
+  // The engine sends every unanswered command again; what waited for the old session goes.
+  command_backlog_.clear();
+  commands_in_flight_.clear();
   jobs_.on_reconnect();
   configs_full_refresh_ = true;
+  // Devices deleted while the broker was out of reach. A device that re-registered since gets its
+  // configuration again from the full refresh that follows.
+  for (auto it = retained_to_clear_.begin(); it != retained_to_clear_.end();) {
+    if (transport_->publish(Message{*it, {}, 1, true, {}, {}})) {
+      it = retained_to_clear_.erase(it);
+    } else {
+      ++it;
+    }
+  }
   if (auto id = transport_->publish(presence(true, unix_now_ms())); !id) {
     log::warn("presence publish failed: {}", id.error().message);
   }
@@ -204,8 +272,9 @@ void Manager::handle_batch(std::vector<TransportEvent>& events) {
       } else {
         ingest(r->message, now_ms, batch, inventories, telemetry);
       }
-    } else if (auto* d = std::get_if<event::Delivered>(&e); d != nullptr && !d->status) {
-      count_drop("publish_failed", "", d->status.error().message);
+    } else if (auto* d = std::get_if<event::Delivered>(&e)) {
+      on_delivered(d->id);
+      if (!d->status) count_drop("publish_failed", "", d->status.error().message);
     }
   }
   const auto changed = registry_.flush(batch);
@@ -377,6 +446,10 @@ void Manager::answer(const Message& request) {
   ++events_["rpc"];
   Message reply{request.response_topic, codec::encode(response), 1, false, {}, request.correlation_data};
   if (auto st = transport_->publish(reply); !st) log::warn("rpc reply not sent: {}", st.error().message);
+  // What the request made durable goes out after its answer: a job to ten thousand devices is
+  // answered at once, not behind its own notifications.
+  publish_job_commands();
+  publish_configs();
 }
 
 v1::RpcResponse Manager::dispatch(const v1::RpcRequest& request) {
@@ -607,6 +680,8 @@ v1::RpcResponse Manager::dispatch(const v1::RpcRequest& request) {
       *r.mutable_labels() = labels;
       return r;
     }
+    case v1::RpcRequest::kDeleteDevice: return delete_devices(request);
+    case v1::RpcRequest::kGroupEvents: return group_events(request.group_events());
     case v1::RpcRequest::kManagerStats: {
       *r.mutable_manager_stats() = stats();
       return r;
@@ -636,10 +711,128 @@ v1::RpcResponse Manager::dispatch(const v1::RpcRequest& request) {
     case v1::RpcRequest::kShowPolicy:
     case v1::RpcRequest::kListPolicies:
     case v1::RpcRequest::kEffectiveConfig:
+    case v1::RpcRequest::kApproveJob:
     case v1::RpcRequest::kDeletePolicy:  // dispatch_jobs
     case v1::RpcRequest::METHOD_NOT_SET: break;
   }
   return failure(v1::RpcResponse::CODE_INVALID_ARGUMENT, "unknown or missing request method");
+}
+
+v1::RpcResponse Manager::delete_devices(const v1::RpcRequest& request) {
+  const auto& q = request.delete_device();
+  if (q.device_ids_size() == 0) return failure(v1::RpcResponse::CODE_INVALID_ARGUMENT, "name the devices to delete");
+  if (q.device_ids_size() > kMaxDeletePerRequest) {
+    return failure(v1::RpcResponse::CODE_INVALID_ARGUMENT,
+                   fmt::format("at most {} devices per request", kMaxDeletePerRequest));
+  }
+  std::set<std::string> ids;
+  for (const auto& raw : q.device_ids()) {
+    auto id = DeviceId::parse(raw);
+    if (!id) {
+      return failure(v1::RpcResponse::CODE_INVALID_ARGUMENT,
+                     fmt::format("device id {:?}: {}", raw.substr(0, 80), id.error().message));
+    }
+    ids.insert(id->str());
+  }
+  // All or nothing: every device must be known, and offline unless forced.
+  std::vector<std::string> unknown, online;
+  for (const auto& id : ids) {
+    const auto* rec = registry_.find(id);
+    if (rec == nullptr) {
+      unknown.push_back(id);
+    } else if (rec->online()) {
+      online.push_back(id);
+    }
+  }
+  auto some = [](const std::vector<std::string>& v) {
+    return fmt::format("{}{}", fmt::join(v.begin(), v.begin() + std::min<std::ptrdiff_t>(10, std::ssize(v)), ", "),
+                       v.size() > 10 ? ", ..." : "");
+  };
+  if (!unknown.empty()) {
+    return failure(v1::RpcResponse::CODE_NOT_FOUND,
+                   fmt::format("{} not known: {}; nothing was deleted", unknown.size() == 1 ? "device" : "devices",
+                               some(unknown)));
+  }
+  if (!online.empty() && !q.force()) {
+    return failure(v1::RpcResponse::CODE_INVALID_ARGUMENT,
+                   fmt::format("{} online: {}; a device that is online registers again with its next message, so "
+                               "stop it first or force the deletion (--force); nothing was deleted",
+                               online.size() == 1 ? "device" : "devices", some(online)));
+  }
+
+  v1::RpcResponse r;
+  r.set_schema_version(codec::schema_version);
+  const auto now = unix_now_ms();
+  const std::string actor = request.actor().empty() ? std::string("unknown") : request.actor().substr(0, 64);
+  Batch batch;
+  std::vector<v1::MembershipEvent> events;
+  auto* out = r.mutable_deleted_devices();
+  for (const auto& id : ids) {
+    auto record = registry_.erase(id, batch);
+    if (!record) continue;  // checked above
+    auto* deleted = out->add_devices();
+    const bool was_online = record->online();
+    *deleted->mutable_record() = std::move(*record);
+    if (auto l = labels_.find(id); l != labels_.end()) {
+      deleted->set_had_labels(l->second.tags_size() > 0 || l->second.attributes_size() > 0);
+      labels_.erase(l);
+    }
+    batch.erase(Space::labels, id);
+    auto left = groups_.forget_device(id, now, batch);
+    for (auto& e : left) {
+      deleted->add_groups(e.group());
+      events.push_back(std::move(e));
+    }
+    index_.erase(id);
+    last_rebirth_ms_.erase(id);
+    std::erase(rebirths_due_, id);
+    jobs_.audit(batch, now, actor, "", "device.delete", id,
+                fmt::format("{}; left {} groups", was_online ? "online, forced" : "offline", deleted->groups_size()));
+  }
+  // Unfinished executions of the deleted devices end REMOVED; a device-level policy goes with its
+  // device (one that re-registers starts from its tenant's, site's and groups' policies).
+  const std::vector<std::string> deleted(ids.begin(), ids.end());
+  for (const auto& id : deleted) {
+    jobs_.on_device_deleted(id, now, batch);
+    (void)policies_.erase("device", id, batch);  // not_found: it had none
+  }
+  commit(batch, {}, std::move(events));
+  for (const auto& id : deleted) {
+    if (auto device = DeviceId::parse(id)) clear_retained(*device);
+  }
+  events_["device_deleted"] += deleted.size();
+  log::info("{} deleted {} devices: {}", actor, deleted.size(), some(deleted));
+  return r;
+}
+
+v1::RpcResponse Manager::group_events(const v1::GroupEventsRequest& q) const {
+  if (!q.group().empty()) {
+    if (auto st = validate_topic_level_name(q.group(), "group"); !st) {
+      return failure(v1::RpcResponse::CODE_INVALID_ARGUMENT, st.error().message);
+    }
+  }
+  if (!q.device_id().empty()) {
+    if (auto id = DeviceId::parse(q.device_id()); !id) {
+      return failure(v1::RpcResponse::CODE_INVALID_ARGUMENT, id.error().message);
+    }
+  }
+  if (q.since_ms() < 0) return failure(v1::RpcResponse::CODE_INVALID_ARGUMENT, "since_ms: must not be negative");
+  EventQuery query;
+  query.group = q.group();
+  query.device_id = q.device_id();
+  query.since_ms = q.since_ms();
+  query.before_seq = q.before_seq();
+  query.limit = q.limit() == 0 ? kDefaultEventPage : std::min(q.limit(), kMaxEventPage);
+  auto page = groups_.read_events(*store_, query);
+  if (!page) return failure(v1::RpcResponse::CODE_INTERNAL, page.error().message);
+  v1::RpcResponse r;
+  r.set_schema_version(codec::schema_version);
+  auto* out = r.mutable_group_events();
+  for (auto& e : page->events) *out->add_events() = std::move(e);
+  out->set_next_cursor(page->next_cursor);
+  out->set_first_seq(groups_.first_event_seq());
+  out->set_last_seq(groups_.last_event_seq());
+  return r;
 }
 
 v1::GroupInfo Manager::group_info(const std::string& name) const {

@@ -17,6 +17,10 @@ namespace {
 constexpr std::size_t kMaxScriptBytes = 128 * 1024;
 constexpr std::uint32_t kQueryPage = 5000;
 constexpr std::size_t kMaxExecutionPageBytes = 512 * 1024;
+// Job commands handed to the MQTT client and not yet acknowledged by the broker, at most: half
+// the broker's receive maximum (max_inflight_messages 1000), so an RPC answer published now waits
+// behind a few hundred commands, never behind a whole dispatch.
+constexpr std::size_t kCommandWindow = 500;
 
 v1::RpcResponse failure(v1::RpcResponse::Code code, std::string message) {
   v1::RpcResponse r;
@@ -47,7 +51,29 @@ std::string actor_of(const v1::RpcRequest& request) {
   return actor.empty() ? std::string("unknown") : actor;
 }
 
+// config.set documents set desired-configuration keys: at least one, each valid as a policy value.
+Status check_config_set(const v1::JobSpec& spec) {
+  v1::JobDocument doc;
+  if (!doc.ParseFromString(spec.signed_().document()) || doc.type() != "config.set") return {};
+  if (doc.params().empty()) {
+    return make_error(Errc::invalid_argument, "config.set needs at least one KEY=VALUE parameter (docs/policies.md)");
+  }
+  for (const auto& [k, v] : doc.params()) {
+    if (auto st = Policies::check(k, v); !st)
+      return make_error(Errc::invalid_argument, "config.set: {}", st.error().message);
+  }
+  return {};
+}
+
 }  // namespace
+
+JobEngineOptions Manager::job_options(const ManagerConfig& config) {
+  JobEngineOptions o;
+  o.default_timeout = config.job_timeout;
+  o.redrive_interval = config.job_redrive_interval;
+  o.require_approval = config.job_require_approval;
+  return o;
+}
 
 DeviceDirectory Manager::job_directory() {
   DeviceDirectory d;
@@ -123,16 +149,48 @@ DeviceDirectory Manager::job_directory() {
     auto facts = index_.facts(id);
     return facts && query::matches(it->second, FactsView(*facts), unix_now_ms());
   };
+  // config.set: the job's values become the device's device-level policy as its execution is
+  // dispatched (so the change rolls out at the job's pace), and each command carries the
+  // resulting effective configuration for the agent to apply.
+  d.before_dispatch = [this](const v1::JobRecord& job, const v1::JobDocument& document, const std::string& id,
+                             std::int64_t now_ms, Batch& batch) {
+    if (document.type() != "config.set") return;
+    v1::Policy change;
+    change.set_level("device");
+    change.set_name(id);
+    for (const auto& [k, v] : document.params()) (*change.mutable_values())[k].set_value(v);
+    auto policy = policies_.set(change, {}, false, fmt::format("job {}", job.job_id()), now_ms, batch);
+    if (!policy) {
+      // Checked when the job was created; the device's command carries its configuration as it is
+      // and the agent rejects it for the missing values.
+      log::warn("job {}: device policy of {} not set: {}", job.job_id(), id, policy.error().message);
+      return;
+    }
+    refresh_configs({id}, now_ms);
+  };
+  d.complete_command = [this](const v1::JobDocument& document, const std::string& id, v1::Command& command) {
+    if (document.type() != "config.set") return;
+    *command.mutable_config() = policies_.effective(policy_scope(id), unix_now_ms());
+  };
   return d;
 }
 
 void Manager::publish_job_commands() {
-  for (auto& m : jobs_.take_outgoing()) {
-    if (auto st = transport_->publish(m); !st) {
+  for (auto& m : jobs_.take_outgoing()) command_backlog_.push_back(std::move(m));
+  while (!command_backlog_.empty() && commands_in_flight_.size() < kCommandWindow) {
+    const Message& m = command_backlog_.front();
+    if (auto id = transport_->publish(m); id) {
+      commands_in_flight_.insert(*id);
+    } else {
       // Re-sent by the engine's re-drive (or the device's next birth).
-      count_drop("job_command_not_sent", m.topic, st.error().message);
+      count_drop("job_command_not_sent", m.topic, id.error().message);
     }
+    command_backlog_.pop_front();
   }
+}
+
+void Manager::on_delivered(OperationId id) {
+  if (commands_in_flight_.erase(id) > 0 && !command_backlog_.empty()) publish_job_commands();
 }
 
 Result<v1::Script> Manager::add_script(const v1::Script& in, const std::string& actor, std::int64_t now_ms,
@@ -174,11 +232,11 @@ std::optional<v1::RpcResponse> Manager::dispatch_jobs(const v1::RpcRequest& requ
   const auto now = unix_now_ms();
   switch (request.method_case()) {
     case v1::RpcRequest::kCreateJob: {
+      if (auto st = check_config_set(request.create_job().spec()); !st) return failure(st.error());
       Batch batch;
       auto job = jobs_.create(request.create_job().spec(), actor_of(request), now, batch);
       if (!job) return failure(job.error());
-      commit(batch, {}, {});
-      publish_job_commands();
+      commit(batch, registry_.flush(batch), {});
       log::info("job {} created by {} ({}): {} devices", job->job_id(), actor_of(request), job->type(),
                 job->counts().queued() + job->counts().in_progress());
       *r.mutable_job() = std::move(job).value();
@@ -190,6 +248,16 @@ std::optional<v1::RpcResponse> Manager::dispatch_jobs(const v1::RpcRequest& requ
                               batch);
       if (!job) return failure(job.error());
       commit(batch, {}, {});
+      *r.mutable_job() = std::move(job).value();
+      return r;
+    }
+    case v1::RpcRequest::kApproveJob: {
+      Batch batch;
+      auto job = jobs_.approve(request.approve_job().job_id(), actor_of(request), request.approve_job().reason(), now,
+                               batch);
+      if (!job) return failure(job.error());
+      commit(batch, registry_.flush(batch), {});
+      log::info("job {} approved by {}", job->job_id(), actor_of(request));
       *r.mutable_job() = std::move(job).value();
       return r;
     }

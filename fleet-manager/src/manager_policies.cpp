@@ -93,8 +93,7 @@ std::optional<v1::RpcResponse> Manager::dispatch_policies(const v1::RpcRequest& 
   auto apply = [&](Batch& batch, const std::vector<std::string>& ids) {
     refresh_configs(ids, now);
     const auto changed = registry_.flush(batch);
-    commit(batch, changed, {});
-    publish_configs();
+    commit(batch, changed, {});  // published after the answer (Manager::answer)
   };
   const std::string actor = request.actor().empty() ? std::string("unknown") : request.actor().substr(0, 64);
   switch (request.method_case()) {

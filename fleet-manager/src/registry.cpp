@@ -213,6 +213,16 @@ bool Registry::set_config_desired(std::string_view device_id, const std::string&
   return true;
 }
 
+std::optional<v1::DeviceRecord> Registry::erase(std::string_view device_id, Batch& batch) {
+  auto it = devices_.find(device_id);
+  if (it == devices_.end()) return std::nullopt;
+  v1::DeviceRecord record = std::move(it->second);
+  for (const auto space : {Space::devices, Space::inventory, Space::telemetry}) batch.erase(space, it->first);
+  if (auto d = dirty_.find(device_id); d != dirty_.end()) dirty_.erase(d);
+  devices_.erase(it);
+  return record;
+}
+
 const v1::DeviceRecord* Registry::find(std::string_view device_id) const {
   auto it = devices_.find(device_id);
   return it == devices_.end() ? nullptr : &it->second;

@@ -3,10 +3,12 @@
 #include <doctest/doctest.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <fstream>
 #include <map>
 #include <set>
 #include <sstream>
+#include <thread>
 
 #include <fmt/format.h>
 
@@ -32,6 +34,15 @@ std::optional<v1::JobRecord> show_job(Fleet& fleet, const std::string& id) {
   auto r = fleet.rpc(req);
   if (!r || r->code() != v1::RpcResponse::CODE_OK) return std::nullopt;
   return r->job();
+}
+
+v1::EffectiveConfig effective_config(Fleet& fleet, const std::string& device) {
+  v1::RpcRequest req;
+  req.mutable_effective_config()->set_device_id(device);
+  auto r = fleet.rpc(req);
+  REQUIRE(r);
+  REQUIRE(r->code() == v1::RpcResponse::CODE_OK);
+  return r->effective_config();
 }
 
 bool job_finished(const v1::JobRecord& j) {
@@ -366,14 +377,7 @@ TEST_CASE("policies: inheritance reaches the agent, which applies and reports th
     REQUIRE(r);
     return *r;
   };
-  auto effective = [&] {
-    v1::RpcRequest req;
-    req.mutable_effective_config()->set_device_id("host-1");
-    auto r = fleet.rpc(req);
-    REQUIRE(r);
-    REQUIRE(r->code() == v1::RpcResponse::CODE_OK);
-    return r->effective_config();
-  };
+  auto effective = [&] { return effective_config(fleet, "host-1"); };
   const auto seq_before = fleet.device("host-1")->telemetry().header().seq();
 
   REQUIRE(set("tenant", "acme", "telemetry.interval", "1s").code() == v1::RpcResponse::CODE_OK);
@@ -437,4 +441,89 @@ TEST_CASE("policies: inheritance reaches the agent, which applies and reports th
   CHECK(listed.output.find("no-such-group") != std::string::npos);
   auto audit = fleet.cli({"audit"});
   CHECK(audit.output.find("policy.set") != std::string::npos);
+}
+
+TEST_CASE("jobs: approval gates a job; config.set rolls desired configuration out through the agent") {
+  Fleet fleet({.devices = {"host-1"}, .manager_toml = "[jobs]\nredrive_interval = \"2s\"\n"});
+  fleet.operator_key();
+  fleet.start_manager();
+  fleet.start_agent("host-1", {.keepalive = "2s", .telemetry_interval = "30s", .tenant = "acme"});
+  REQUIRE(Fleet::wait_until([&] { return fleet.device("host-1") && fleet.device("host-1")->record().online(); }, 20s));
+  // The CLI names its operator from FLOTILLA_ACTOR.
+  struct Actor {
+    explicit Actor(const char* name) { ::setenv("FLOTILLA_ACTOR", name, 1); }
+    ~Actor() { ::unsetenv("FLOTILLA_ACTOR"); }
+  };
+  auto effective = [&] { return effective_config(fleet, "host-1"); };
+
+  {
+    Actor alice("alice");
+    auto created = fleet.cli({"jobs", "create", "--id", "cfg-1", "--devices", "host-1", "--type", "config.set",
+                              "--param", "telemetry.interval=5s", "--param", "custom.owner=ops team",
+                              "--require-approval"});
+    INFO(created.output);
+    REQUIRE(created.status == 0);
+    auto shown = fleet.cli({"jobs", "show", "cfg-1"});
+    CHECK(shown.output.find("awaiting") != std::string::npos);
+    auto own = fleet.cli({"jobs", "approve", "cfg-1"});
+    CHECK(own.status == 5);
+    CHECK(own.output.find("another operator") != std::string::npos);
+  }
+  // Nothing moves while the job waits.
+  std::this_thread::sleep_for(1500ms);
+  auto waiting = show_job(fleet, "cfg-1");
+  REQUIRE(waiting);
+  CHECK(waiting->state() == v1::JOB_SCHEDULED);
+  CHECK(waiting->awaiting_approval());
+  CHECK(waiting->counts().queued() == 1);
+  CHECK(effective().desired().values().count("custom.owner") == 0);
+  {
+    Actor bob("bob");
+    auto approved = fleet.cli({"jobs", "approve", "cfg-1", "--note", "CHG-42"});
+    INFO(approved.output);
+    CHECK(approved.status == 0);
+  }
+  auto job = wait_job(fleet, "cfg-1", 30s);
+  CHECK(job.state() == v1::JOB_COMPLETED);
+  CHECK(job.approved_by() == "bob");
+  REQUIRE(job.counts().succeeded() == 1);
+  const auto exec = executions(fleet, "cfg-1").at(0);
+  const auto e = effective();
+  CHECK(e.desired().values().at("custom.owner") == "ops team");
+  CHECK(e.desired().values().at("telemetry.interval") == "5s");
+  CHECK(e.desired().sources().at("custom.owner") == "device/host-1");
+  CHECK(exec.output().at("config_version") == e.desired().version());
+  CHECK(Fleet::wait_until([&] { return !effective().drift(); }, 20s, 200ms));
+
+  // A value enforced above the device: the agent refuses the job rather than apply another value.
+  v1::RpcRequest enforce;
+  enforce.set_actor("tester");
+  auto* p = enforce.mutable_set_policy()->mutable_policy();
+  p->set_level("tenant");
+  p->set_name("acme");
+  (*p->mutable_values())["custom.owner"].set_value("corporate");
+  (*p->mutable_values())["custom.owner"].set_enforced(true);
+  auto enforced = fleet.rpc(enforce);
+  REQUIRE(enforced);
+  REQUIRE(enforced->code() == v1::RpcResponse::CODE_OK);
+  REQUIRE(fleet
+              .cli({"jobs", "create", "--id", "cfg-2", "--devices", "host-1", "--type", "config.set", "--param",
+                    "custom.owner=someone else"})
+              .status == 0);
+  job = wait_job(fleet, "cfg-2", 30s);
+  CHECK(job.counts().rejected() == 1);
+  const auto refused = executions(fleet, "cfg-2").at(0);
+  INFO(refused.DebugString());
+  CHECK(refused.status().find("tenant/acme") != std::string::npos);
+
+  // Keys are checked before anything is created.
+  auto bad = fleet.cli(
+      {"jobs", "create", "--id", "cfg-3", "--devices", "host-1", "--type", "config.set", "--param", "bogus=1"});
+  CHECK(bad.status == 5);
+  CHECK(bad.output.find("unknown key") != std::string::npos);
+  CHECK_FALSE(show_job(fleet, "cfg-3"));
+
+  auto audit = fleet.cli({"audit"});
+  CHECK(audit.output.find("job.approve") != std::string::npos);
+  CHECK(audit.output.find("bob") != std::string::npos);
 }

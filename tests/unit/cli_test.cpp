@@ -494,3 +494,115 @@ TEST_CASE("random_hex has the requested length") {
   CHECK(a != cli::random_hex(8));
 }
 }  // TEST_SUITE("cli.run")
+
+TEST_CASE("devices delete: exact ids, at most 500, and --yes unless a terminal confirms") {
+  SUBCASE("no id") {
+    const auto r = run_cli({"devices", "delete", "--yes"});
+    CHECK(r.code == cli::exit_usage);
+    check_one_error_line(r.err);
+  }
+  SUBCASE("a pattern is not an id") {
+    for (const std::string pattern : {"*", "sim-*", "pc-000?", "a/b", "#"}) {
+      CAPTURE(pattern);
+      const auto r = run_cli({"devices", "delete", "pc-0001", pattern, "--yes", "--broker", "mqtt://127.0.0.1:1"});
+      CHECK(r.code == cli::exit_usage);
+      CHECK(r.err.find("invalid device id") != std::string::npos);
+      check_one_error_line(r.err);
+    }
+  }
+  SUBCASE("too many ids") {
+    std::vector<std::string> args{"devices", "delete", "--yes"};
+    for (int i = 0; i < 501; ++i) args.push_back("dev-" + std::to_string(i));
+    const auto r = run_cli(args);
+    CHECK(r.code == cli::exit_usage);
+    CHECK(r.err.find("at most 500") != std::string::npos);
+  }
+  SUBCASE("without --yes and no terminal: refused before connecting") {
+    const auto r = run_cli({"devices", "delete", "pc-0001", "--broker", "mqtt://127.0.0.1:1", "--timeout", "1s"});
+    CHECK(r.code == cli::exit_usage);
+    CHECK(r.err.find("--yes") != std::string::npos);
+    CHECK(r.err.find("nothing was deleted") != std::string::npos);
+    CHECK(r.out.empty());
+    check_one_error_line(r.err);
+  }
+  SUBCASE("with --yes it goes to the manager") {
+    const auto r = run_cli({"devices", "delete", "pc-0001", "pc-0002", "--yes", "--force", "--broker",
+                            "mqtt://127.0.0.1:1", "--timeout", "1s"});
+    CHECK(r.code == cli::exit_unreachable);
+  }
+}
+
+TEST_CASE("groups events: options are checked before connecting") {
+  SUBCASE("--limit out of range") {
+    for (const std::string limit : {"0", "100001", "many"}) {
+      const auto r = run_cli({"groups", "events", "--limit", limit});
+      CHECK(r.code == cli::exit_usage);
+      CHECK(r.err.find("--limit") != std::string::npos);
+    }
+  }
+  SUBCASE("bad --since") {
+    const auto r = run_cli({"groups", "events", "--since", "yesterday", "--broker", "mqtt://127.0.0.1:1"});
+    CHECK(r.code == cli::exit_usage);
+    CHECK(r.err.find("--since") != std::string::npos);
+    check_one_error_line(r.err);
+  }
+  SUBCASE("bad --device") {
+    const auto r = run_cli({"groups", "events", "--device", "a/b"});
+    CHECK(r.code == cli::exit_usage);
+  }
+  SUBCASE("--cursor 0") {
+    const auto r = run_cli({"groups", "events", "hq", "--cursor", "0"});
+    CHECK(r.code == cli::exit_usage);
+  }
+  SUBCASE("good options reach the broker") {
+    for (const std::string since : {"2h", "-90m", "2026-11-21T02:00:00Z", "now"}) {
+      CAPTURE(since);
+      const auto r = run_cli({"groups", "events", "hq", "--since", since, "--limit", "5", "--device", "pc-0001",
+                              "--broker", "mqtt://127.0.0.1:1", "--timeout", "1s"});
+      CHECK(r.code == cli::exit_unreachable);
+    }
+  }
+}
+
+TEST_CASE("deleted devices render with what they left and a note for those that were online") {
+  v1::DeletedDevices deleted;
+  auto* a = deleted.add_devices();
+  *a->mutable_record() = make_record("pc-0001", v1::DEVICE_KIND_COMPUTER, false, kNow - 3 * 86'400'000LL);
+  a->add_groups("lab");
+  a->add_groups("vip");
+  auto* b = deleted.add_devices();
+  *b->mutable_record() = make_record("sensor-7", v1::DEVICE_KIND_SENSOR, true, kNow - 4000);
+  const auto lines = lines_of(cli::render_deleted_devices(deleted, kNow));
+  REQUIRE(lines.size() == 5);
+  CHECK(lines[0] == "ID        KIND      WAS      LAST SEEN  GROUPS LEFT");
+  CHECK(lines[1] == "pc-0001   computer  offline  3d ago     lab, vip");
+  CHECK(lines[2] == "sensor-7  sensor    online   4s ago     -");
+  CHECK(lines[3] == "2 devices deleted");
+  CHECK(lines[4] == "sensor-7 was online: it registers again as a new device when it next sends a message");
+}
+
+TEST_CASE("group events render newest first as given, with the cursor of the next page") {
+  v1::GroupEvents events;
+  auto add = [&](std::uint64_t seq, std::int64_t at_ms, const std::string& group, const std::string& id, bool joined,
+                 const std::string& reason) {
+    auto* e = events.add_events();
+    e->set_seq(seq);
+    e->set_group(group);
+    e->set_device_id(id);
+    e->set_joined(joined);
+    e->set_reason(reason);
+    e->set_at_ms(at_ms);
+  };
+  add(1042, 1'795'230'318'500, "vip", "sim-pc-00003", false, "device deleted");
+  add(7, 1'795'230'317'000, "hq", "sim-sensor-00002", true, "query");
+  events.set_next_cursor(7);
+  const auto lines = lines_of(cli::render_group_events(events));
+  REQUIRE(lines.size() == 4);
+  CHECK(lines[0] == " SEQ  TIME                  GROUP  DEVICE            CHANGE  REASON");
+  CHECK(lines[1] == "1042  2026-11-21T03:05:18Z  vip    sim-pc-00003      left    device deleted");
+  CHECK(lines[2] == "   7  2026-11-21T03:05:17Z  hq     sim-sensor-00002  joined  query");
+  CHECK(lines[3] == "next page: --cursor 7");
+  events.set_next_cursor(0);
+  CHECK(lines_of(cli::render_group_events(events)).size() == 3);
+  CHECK(lines_of(cli::render_group_events(v1::GroupEvents{})).size() == 1);
+}

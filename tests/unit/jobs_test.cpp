@@ -2,6 +2,7 @@
 // devices, cancellation and a restart from the store. No sleeps, no broker.
 #include <doctest/doctest.h>
 
+#include <functional>
 #include <map>
 #include <set>
 
@@ -20,6 +21,9 @@ constexpr std::int64_t kMinute = 60'000;
 struct Fleet {
   std::map<std::string, bool> online;  // device -> online
   std::set<std::string> matching;      // devices matching continuous targets
+  // Optional hooks, forwarded by the directory.
+  std::function<void(const std::string& device, Batch&)> before;
+  std::function<void(const std::string& device, v1::Command&)> complete;
 
   DeviceDirectory directory() {
     DeviceDirectory d;
@@ -42,6 +46,13 @@ struct Fleet {
     };
     d.matches = [this](const v1::JobRecord&, const v1::JobDocument&, const std::string& id) {
       return matching.contains(id);
+    };
+    d.before_dispatch = [this](const v1::JobRecord&, const v1::JobDocument&, const std::string& id, std::int64_t,
+                               Batch& b) {
+      if (before) before(id, b);
+    };
+    d.complete_command = [this](const v1::JobDocument&, const std::string& id, v1::Command& cmd) {
+      if (complete) complete(id, cmd);
     };
     return d;
   }
@@ -80,6 +91,8 @@ struct Harness {
   std::int64_t now = kStart;
   // Device -> commands received (job/attempt), in order.
   std::map<std::string, std::vector<std::string>> received;
+  // Device -> the configuration version the last command carried ("" for none).
+  std::map<std::string, std::string> config_received;
 
   static JobEngineOptions options() {
     JobEngineOptions o;
@@ -98,6 +111,7 @@ struct Harness {
       auto cmd = codec::decode<v1::Command>(m.payload, codec::max_command_bytes);
       REQUIRE(cmd);
       received[cmd->header().device_id()].push_back(cmd->command_id());
+      config_received[cmd->header().device_id()] = cmd->has_config() ? cmd->config().version() : "";
     }
   }
   v1::JobRecord create(const v1::JobSpec& spec) {
@@ -392,4 +406,218 @@ TEST_CASE("jobs: a continuous job reaches devices that join its target later") {
   CHECK(h.received[device_name(3)] == std::vector<std::string>{"cont/1"});
   for (int i : {0, 1, 3}) h.answer(device_name(i), "cont", 1, v1::CommandResult::STATUS_SUCCEEDED);
   CHECK(h.job("cont").state() == v1::JOB_IN_PROGRESS);  // continuous: open until its end
+}
+
+TEST_CASE("jobs: a job that requires approval dispatches nothing until another operator approves it") {
+  Harness h(5);
+  SpecBuilder b("needs-ok", 5);
+  b.spec.set_require_approval(true);
+  auto rec = h.create(b.build());
+  CHECK(rec.state() == v1::JOB_SCHEDULED);
+  CHECK(rec.awaiting_approval());
+  CHECK(rec.state_reason() == "awaiting approval");
+  CHECK(rec.counts().queued() == 5);
+  h.advance(10 * kMinute, kMinute);
+  CHECK(h.notified() == 0);
+
+  Batch b1;
+  auto own = h.engine.approve("needs-ok", "tester", "", h.now, b1);
+  REQUIRE_FALSE(own);
+  CHECK(own.error().code == Errc::permission_denied);
+  CHECK(own.error().message.find("another operator") != std::string::npos);
+  auto nameless = h.engine.approve("needs-ok", "", "", h.now, b1);
+  REQUIRE_FALSE(nameless);
+  CHECK(nameless.error().code == Errc::permission_denied);
+  auto missing = h.engine.approve("no-such-job", "alice", "", h.now, b1);
+  REQUIRE_FALSE(missing);
+  CHECK(missing.error().code == Errc::not_found);
+  CHECK(b1.empty());
+  CHECK(h.notified() == 0);
+
+  auto approved = h.engine.approve("needs-ok", "alice", "change 4711", h.now, b1);
+  REQUIRE_MESSAGE(approved, (approved ? "" : approved.error().message));
+  h.commit(b1);
+  CHECK(h.notified() == 5);
+  CHECK(approved->state() == v1::JOB_IN_PROGRESS);
+  CHECK_FALSE(approved->awaiting_approval());
+  CHECK(approved->approved_by() == "alice");
+  CHECK(approved->approved_at_ms() == h.now);
+  CHECK(approved->state_reason().empty());
+
+  Batch b2;
+  auto twice = h.engine.approve("needs-ok", "bob", "", h.now, b2);
+  REQUIRE_FALSE(twice);
+  CHECK(twice.error().code == Errc::invalid_argument);
+
+  auto audit = read_audit(*h.store, 10);
+  REQUIRE(audit);
+  REQUIRE(audit->size() == 2);
+  CHECK((*audit)[0].action() == "job.approve");
+  CHECK((*audit)[0].actor() == "alice");
+  CHECK((*audit)[0].detail() == "change 4711");
+  CHECK((*audit)[1].detail().find("awaiting approval") != std::string::npos);
+
+  // The approval survives a restart.
+  JobEngine again(Harness::options(), h.fleet.directory());
+  REQUIRE(again.load(*h.store, h.now));
+  REQUIRE(again.find("needs-ok") != nullptr);
+  CHECK(again.find("needs-ok")->approved_by() == "alice");
+  CHECK(again.find("needs-ok")->state() == v1::JOB_IN_PROGRESS);
+}
+
+TEST_CASE("jobs: a job still awaiting approval at its end time is canceled; cancel works before approval") {
+  Harness h(4);
+  SpecBuilder b("late", 4);
+  b.spec.set_require_approval(true);
+  b.spec.set_end_at_ms(h.now + 30 * kMinute);
+  h.create(b.build());
+  CHECK(h.engine.next_deadline(h.now) == h.now + 30 * kMinute);
+  h.advance(29 * kMinute, kMinute);
+  CHECK(h.job("late").state() == v1::JOB_SCHEDULED);
+  h.advance(kMinute, kMinute);
+  CHECK(h.job("late").state() == v1::JOB_CANCELED);
+  CHECK(h.job("late").counts().canceled() == 4);
+  CHECK(h.job("late").state_reason().find("not approved") != std::string::npos);
+  CHECK(h.notified() == 0);
+  Batch b1;
+  CHECK_FALSE(h.engine.approve("late", "alice", "", h.now, b1));
+
+  SpecBuilder b2("refused", 4, h.now);
+  b2.spec.set_require_approval(true);
+  h.create(b2.build());
+  Batch b3;
+  auto canceled = h.engine.cancel("refused", "alice", "not during the freeze", h.now, b3);
+  REQUIRE(canceled);
+  CHECK(canceled->counts().canceled() == 4);
+  h.commit(b3);
+  CHECK(h.notified() == 0);
+}
+
+TEST_CASE("jobs: the manager can require approval for some job types") {
+  Fleet fleet;
+  for (int i = 0; i < 3; ++i) fleet.online[device_name(i)] = true;
+  auto options = Harness::options();
+  options.require_approval = {"reboot"};
+  JobEngine engine(options, fleet.directory());
+  Batch batch;
+  auto script = engine.create(SpecBuilder("script", 3).build(), "tester", kStart, batch);
+  REQUIRE(script);
+  CHECK(script->state() == v1::JOB_IN_PROGRESS);
+  CHECK_FALSE(script->awaiting_approval());
+  SpecBuilder reboot("reboot", 3);
+  reboot.doc.set_type("reboot");
+  auto gated = engine.create(reboot.build(), "tester", kStart, batch);
+  REQUIRE(gated);
+  CHECK(gated->state() == v1::JOB_SCHEDULED);
+  CHECK(gated->awaiting_approval());
+  options.require_approval = {"*"};
+  JobEngine every(options, fleet.directory());
+  auto any = every.create(SpecBuilder("any", 3).build(), "tester", kStart, batch);
+  REQUIRE(any);
+  CHECK(any->awaiting_approval());
+}
+
+TEST_CASE("jobs: the dispatch hooks run once per attempt and complete every command sent") {
+  Harness h(3);
+  std::map<std::string, int> dispatched;
+  h.fleet.before = [&](const std::string& device, Batch& b) {
+    ++dispatched[device];
+    b.put(Space::policies, "device/" + device, "x");
+  };
+  int version = 0;
+  h.fleet.complete = [&](const std::string& device, v1::Command& cmd) {
+    cmd.mutable_config()->set_device_id(device);
+    cmd.mutable_config()->set_version(fmt::format("v{}", ++version));
+  };
+  SpecBuilder b("hooks", 3);
+  b.doc.set_max_attempts(2);
+  b.spec.set_retries(1);
+  h.create(b.build());
+  CHECK(dispatched.size() == 3);
+  CHECK(dispatched[device_name(0)] == 1);
+  CHECK(h.store->get(Space::policies, "device/" + device_name(0)));
+  CHECK_FALSE(h.config_received[device_name(0)].empty());
+  // A re-drive re-sends (and completes) the command without dispatching again.
+  const auto before = h.config_received[device_name(0)];
+  h.advance(31'000);
+  CHECK(h.received[device_name(0)].size() == 2);
+  CHECK(h.config_received[device_name(0)] != before);
+  CHECK(dispatched[device_name(0)] == 1);
+  // A retry is a new dispatch.
+  h.answer(device_name(0), "hooks", 1, v1::CommandResult::STATUS_FAILED);
+  h.tick();
+  CHECK(dispatched[device_name(0)] == 2);
+  CHECK(h.received[device_name(0)].back() == "hooks/2");
+}
+
+TEST_CASE("jobs: jitter spreads notifications without busy ticks; one tick notifies a bounded number") {
+  Harness h(40);
+  SpecBuilder b("jittered", 40);
+  b.spec.mutable_rollout()->set_jitter_ms(60'000);
+  h.create(b.build());
+  const auto first = h.notified();
+  CHECK(first < 10);  // a share of 40 devices whose jitter is under a second or so
+  // Nothing is due before the next device's jitter: the engine does not ask to tick now.
+  const auto next = h.engine.next_deadline(h.now);
+  CHECK(next > h.now);
+  CHECK(next <= h.now + 60'000);
+  h.advance(30'000);
+  const auto half = h.notified();
+  CHECK(half > first);
+  CHECK(half < 40);
+  h.advance(31'000);
+  CHECK(h.notified() == 40);
+
+  Fleet fleet;
+  for (int i = 0; i < 25; ++i) fleet.online[device_name(i)] = true;
+  auto options = Harness::options();
+  options.max_dispatch_per_tick = 10;
+  JobEngine engine(options, fleet.directory());
+  Batch batch;
+  REQUIRE(engine.create(SpecBuilder("bounded", 25).build(), "tester", kStart, batch));
+  CHECK(engine.take_outgoing().size() == 10);
+  CHECK(engine.next_deadline(kStart) == kStart);  // more are ready now
+  engine.tick(kStart, batch);
+  CHECK(engine.take_outgoing().size() == 10);
+  engine.tick(kStart, batch);
+  CHECK(engine.take_outgoing().size() == 5);
+  CHECK(engine.find("bounded")->counts().in_progress() == 25);
+}
+
+TEST_CASE("jobs: a deleted device's unfinished executions end REMOVED and its late answer is ignored") {
+  Harness h(3);
+  SpecBuilder b("gone", 3);
+  b.spec.mutable_rollout()->set_rate_per_minute(1);  // one device now, the others later
+  h.create(b.build());
+  REQUIRE(h.job("gone").counts().in_progress() == 1);
+  const std::string notified = h.received.begin()->first;
+  std::string queued;
+  for (int i = 0; i < 3; ++i) {
+    if (device_name(i) != notified) queued = device_name(i);
+  }
+  Batch batch;
+  h.engine.on_device_deleted(notified, h.now, batch);
+  h.engine.on_device_deleted(queued, h.now, batch);
+  h.engine.on_device_deleted("never-targeted", h.now, batch);
+  h.commit(batch);
+  CHECK(h.job("gone").counts().removed() == 2);
+  CHECK(h.job("gone").counts().in_progress() == 0);
+  CHECK(h.job("gone").counts().queued() == 1);
+  h.answer(notified, "gone", 1, v1::CommandResult::STATUS_SUCCEEDED);
+  CHECK(h.job("gone").counts().succeeded() == 0);
+  h.advance(2 * kMinute, 1000);
+  std::string last;
+  for (int i = 0; i < 3; ++i) {
+    if (device_name(i) != notified && device_name(i) != queued) last = device_name(i);
+  }
+  REQUIRE(h.received.contains(last));
+  CHECK_FALSE(h.received.contains(queued));
+  h.answer(last, "gone", 1, v1::CommandResult::STATUS_SUCCEEDED);
+  CHECK(h.job("gone").state() == v1::JOB_COMPLETED);
+  auto e = h.store->get(Space::jobs, JobEngine::execution_key("gone", queued));
+  REQUIRE(e);
+  v1::Execution removed;
+  REQUIRE(removed.ParseFromString(*e));
+  CHECK(removed.state() == v1::EXECUTION_REMOVED);
+  CHECK(removed.status() == "device deleted");
 }

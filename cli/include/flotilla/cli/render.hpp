@@ -59,5 +59,11 @@ std::string render_stats(const v1::DeviceStats& stats);
 std::string render_group(const v1::GroupInfo& info, std::int64_t now_ms);
 std::string render_groups(const v1::GroupList& list);
 std::string render_explanation(const v1::MembershipExplanation& explanation);
+// What devices delete removed: columns ID, KIND, WAS, LAST SEEN, GROUPS LEFT, then a count line,
+// and for each device deleted while online a line saying it registers again when it next sends.
+std::string render_deleted_devices(const v1::DeletedDevices& deleted, std::int64_t now_ms);
+// Membership events as received (newest first): columns SEQ, TIME (UTC), GROUP, DEVICE, CHANGE
+// (joined or left), REASON; then "next page: --cursor SEQ" when older events may follow.
+std::string render_group_events(const v1::GroupEvents& events);
 
 }  // namespace flotilla::cli

@@ -78,6 +78,7 @@ struct JobFlags {
   std::string scope;  // TENANT or TENANT/SITE: one "*" signature
   std::string id;     // empty: default_job_id()
   std::string description;
+  bool require_approval = false;  // wait for another operator's `jobs approve`
 };
 
 // A validated job request: the document (without the script, see attach_script) and the spec

@@ -42,6 +42,9 @@ Result<v1::JobDocument> verify_job(const signing::TrustStore& trust, const v1::C
 Result<v1::JobDocument> check_job(const v1::Command& command, const DeviceScope& self, std::int64_t now_ms,
                                   std::int64_t horizon_ms);
 
+// A job type: dotted lower-case words (script.run, config.set), at most 64 characters.
+bool valid_job_type(std::string_view type);
+
 // "{job_id}/{attempt}": the command id of one attempt of a job.
 std::string command_id(std::string_view job_id, std::uint32_t attempt);
 

@@ -60,6 +60,10 @@ struct TransportOptions {
   std::chrono::seconds session_expiry{std::chrono::hours(24)};
   bool clean_start = false;
   std::chrono::seconds connect_timeout{10};
+  // Publishes the client holds while the broker's receive maximum keeps them from being sent
+  // (Paho's own default is 100, far too few for a manager notifying thousands of devices at
+  // once). Beyond it publish() fails (unavailable) and the caller retries later.
+  int max_buffered = 200'000;
   TlsOptions tls;
 };
 

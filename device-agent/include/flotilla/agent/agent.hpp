@@ -54,7 +54,13 @@ class Agent {
   // Desired configuration (docs/policies.md): applies it, keeps it durably for the next start
   // and reports its version.
   void on_config(const Message& message);
+  // Applies a configuration addressed to this device (unless it is the one applied), keeps it
+  // and reports its version. Errors: invalid_argument (another device, invalid values).
+  Status adopt_config(const v1::DesiredConfig& config);
   Status apply_config(const v1::DesiredConfig& config);
+  // The config.set job: applies the configuration its command carries when it holds every value
+  // the signed document sets.
+  JobOutcome config_set(const JobRequest& request);
   // A patch.scan's outcome becomes part of the inventory (and is kept for the next start).
   void note_patch_scan(const JobReport& report);
 

@@ -33,6 +33,9 @@ struct JobRequest {
   std::string script_name, script_interpreter;  // interpreter: sh | bash | python3
   std::string script_body;
   std::vector<std::string> args;
+  // config.set only: the encoded DesiredConfig the command carried (not covered by the signature;
+  // the agent checks it holds every signed value).
+  std::string config;
 };
 
 struct ExecPolicy {

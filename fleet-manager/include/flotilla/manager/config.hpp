@@ -3,8 +3,10 @@
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <filesystem>
 #include <string>
+#include <vector>
 
 #include "flotilla/core/config.hpp"
 #include "flotilla/core/log.hpp"
@@ -38,6 +40,12 @@ struct ManagerConfig {
   // waits for a device's first answer before notifying it again.
   std::chrono::milliseconds job_timeout{std::chrono::minutes(10)};
   std::chrono::milliseconds job_redrive_interval{std::chrono::seconds(30)};
+  // Retention of stored group membership events (docs/groups.md): the manager deletes events
+  // older than event_retention (0: no age limit) and all but the newest event_max (0: no limit).
+  std::chrono::milliseconds event_retention{0};
+  std::uint64_t event_max = 0;
+  // Job types that always wait for a second operator's approval ("*": every job).
+  std::vector<std::string> job_require_approval;
 };
 
 // Reads the TOML file (if any), then FLOTILLA_* environment. Errors: path-qualified.

@@ -38,6 +38,11 @@ struct JobEngineOptions {
   std::size_t max_targets = 1'000'000;
   std::size_t max_document_bytes = 256 * 1024;
   std::chrono::milliseconds max_lifetime{std::chrono::hours(24 * 30)};
+  // Most notifications one tick sends (the rest follow on the next ticks, at once): bounds the
+  // batch and what the MQTT client buffers while the broker's receive maximum holds it back.
+  std::size_t max_dispatch_per_tick = 20'000;
+  // Job types that always need an approval before anything is dispatched ("*": every type).
+  std::vector<std::string> require_approval;
 };
 
 // What the engine needs to know about devices.
@@ -48,6 +53,14 @@ struct DeviceDirectory {
   std::function<Result<std::vector<std::string>>(const v1::JobTarget& target)> resolve;
   // Whether a device matches a continuous job's target and the document's scope now.
   std::function<bool(const v1::JobRecord& job, const v1::JobDocument& document, const std::string& id)> matches;
+  // Optional. Called once per attempt as an execution is dispatched, before its first command
+  // is built; may add writes to the batch (config.set: the device-level policy).
+  std::function<void(const v1::JobRecord& job, const v1::JobDocument& document, const std::string& id,
+                     std::int64_t now_ms, Batch& batch)>
+      before_dispatch;
+  // Optional. Completes every command sent for an execution (config.set: the device's effective
+  // configuration).
+  std::function<void(const v1::JobDocument& document, const std::string& id, v1::Command& command)> complete_command;
 };
 
 class JobEngine {
@@ -67,6 +80,12 @@ class JobEngine {
   Result<v1::JobRecord> cancel(std::string_view job_id, const std::string& actor, const std::string& reason,
                                std::int64_t now_ms, Batch& batch);
 
+  // Approves a job that awaits approval; `actor` must not be the operator who requested it.
+  // Errors: not_found, invalid_argument (not awaiting approval, already ended),
+  // permission_denied (the requester approving their own job).
+  Result<v1::JobRecord> approve(std::string_view job_id, const std::string& actor, const std::string& note,
+                                std::int64_t now_ms, Batch& batch);
+
   // A result or progress report from a device.
   void on_result(const std::string& device_id, const v1::CommandResult& result, std::int64_t now_ms, Batch& batch);
   // The device published a birth: it is online in a new session. Re-sends what it has in
@@ -77,6 +96,9 @@ class JobEngine {
   // Devices whose state changed: continuous jobs add the ones that now match their target and
   // remove queued ones that no longer do.
   void on_devices_changed(const std::vector<std::string>& ids, std::int64_t now_ms, Batch& batch);
+  // The device was deleted: its queued and in-progress executions become REMOVED ("device
+  // deleted"); an answer it may still send is ignored.
+  void on_device_deleted(const std::string& device_id, std::int64_t now_ms, Batch& batch);
   // The manager (re)connected to the broker: every unanswered notification is re-sent now.
   void on_reconnect();
 

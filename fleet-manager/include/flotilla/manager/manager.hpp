@@ -4,11 +4,14 @@
 
 #include <atomic>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
+#include <set>
 #include <stop_token>
 #include <string>
+#include <unordered_set>
 #include <vector>
 
 #include "flotilla/core/connection.hpp"
@@ -35,7 +38,9 @@ class Manager {
                                                  const TransportFactory& transport_factory);
   ~Manager();
 
-  // Runs the reactor until `stop` is requested, then publishes offline presence and disconnects.
+  // Runs the reactor until `stop` is requested, then publishes offline presence, disconnects,
+  // commits what is left in the queue and, after that last write, saves the index snapshot the
+  // next start reads instead of rebuilding (docs/query.md, "Start-up").
   void run(std::stop_token stop);
 
   // Counters, safe to read from any thread.
@@ -62,12 +67,27 @@ class Manager {
   Message presence(bool online, std::int64_t since_ms) const;
   v1::ManagerStats stats() const;
   v1::GroupInfo group_info(const std::string& name) const;
+  // Deletes devices and what the manager holds about them in one write (delete_device).
+  v1::RpcResponse delete_devices(const v1::RpcRequest& request);
+  v1::RpcResponse group_events(const v1::GroupEventsRequest& request) const;
+  // Clears the retained messages the manager publishes for a device (its desired configuration)
+  // with a zero-length retained publish; one that cannot be handed to the client is retried on
+  // the next connect.
+  void clear_retained(const DeviceId& id);
+  // Deletes membership events beyond the retention of [groups], at most one bounded batch per
+  // call. True when more may be due.
+  bool prune_events(std::int64_t now_ms);
+  void save_snapshot();
   // Jobs and scripts (manager_jobs.cpp).
+  static JobEngineOptions job_options(const ManagerConfig& config);
   DeviceDirectory job_directory();
   std::optional<v1::RpcResponse> dispatch_jobs(const v1::RpcRequest& request);
   // Advances the job engine and publishes what it produced once `batch` is durable.
   void drive_jobs(std::int64_t now_ms, Batch& batch);
+  // Hands job commands to the MQTT client, at most a window of them unacknowledged at a time
+  // (the rest wait in command_backlog_), so that RPC answers never queue behind a big dispatch.
   void publish_job_commands();
+  void on_delivered(OperationId id);
   // Desired configuration (manager_policies.cpp).
   PolicyScope policy_scope(const std::string& id) const;
   // Recomputes the effective configuration of these devices; changed ones are recorded in the
@@ -86,6 +106,8 @@ class Manager {
   JobEngine jobs_;
   Policies policies_;
   std::vector<Message> config_outgoing_;
+  std::deque<Message> command_backlog_;
+  std::unordered_set<OperationId> commands_in_flight_;
   // Set at start and on every reconnect: recompute every device's configuration and publish it
   // again where the device does not report the desired version (a retained message may have
   // been lost with the previous process or broker).
@@ -104,6 +126,8 @@ class Manager {
   std::map<std::string, std::uint64_t> events_;
   std::map<std::string, std::int64_t> last_rebirth_ms_;
   std::vector<std::string> rebirths_due_;
+  // Topics of deleted devices whose retained message could not be cleared yet.
+  std::set<std::string> retained_to_clear_;
   std::uint64_t command_counter_ = 0;
 };
 

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <string_view>
@@ -49,6 +50,11 @@ class Registry {
 
   // Appends the records changed since the last flush to `batch`; returns their ids.
   std::vector<std::string> flush(Batch& batch);
+
+  // Forgets a device: appends the erasure of its record, latest inventory and latest telemetry to
+  // `batch` and drops it from memory (a change not yet flushed is dropped with it). Returns the
+  // record as it was; nullopt (and nothing appended) when the device is unknown.
+  std::optional<v1::DeviceRecord> erase(std::string_view device_id, Batch& batch);
 
   const v1::DeviceRecord* find(std::string_view device_id) const;
   // Records the desired-configuration version published to a known device (flushed with the
