@@ -363,7 +363,8 @@ std::string render_group(const v1::GroupInfo& info, std::int64_t now_ms) {
       {"Parent:", g.parent().empty() ? "-" : g.parent()},
       {"Subgroups:", info.children().empty() ? "-" : fmt::format("{}", fmt::join(info.children(), ", "))},
       {"Members:", fmt::format("{} ({} direct)", info.members(), info.direct_members())},
-      {"Created:", g.created_ms() == 0 ? "-" : format_age(g.created_ms(), now_ms)}};
+      {"Created:", g.created_ms() == 0 ? "-" : format_age(g.created_ms(), now_ms)},
+      {"Created by:", g.created_by().empty() ? "-" : g.created_by()}};
   if (dynamic) rows.push_back({"Query:", g.query()});
   if (!g.description().empty()) rows.push_back({"Description:", g.description()});
   return render_columns(rows);

@@ -456,6 +456,8 @@ v1::RpcResponse Manager::dispatch(const v1::RpcRequest& request) {
   v1::RpcResponse r;
   r.set_schema_version(codec::schema_version);
   const auto& devices = registry_.devices();
+  // Who asks, for the audit log and records (the name the request states).
+  const std::string actor = request.actor().empty() ? std::string("unknown") : request.actor().substr(0, 64);
   if (auto handled = dispatch_jobs(request)) return std::move(*handled);
   if (auto handled = dispatch_policies(request)) return std::move(*handled);
   switch (request.method_case()) {
@@ -571,9 +573,15 @@ v1::RpcResponse Manager::dispatch(const v1::RpcRequest& request) {
     }
     case v1::RpcRequest::kCreateGroup: {
       Batch batch;
-      auto events = groups_.create(request.create_group().group(), index_, unix_now_ms(), batch);
+      v1::Group group = request.create_group().group();
+      group.set_created_by(actor);
+      const auto now = unix_now_ms();
+      auto events = groups_.create(group, index_, now, batch);
       if (!events) return failure(v1::RpcResponse::CODE_INVALID_ARGUMENT, events.error().message);
-      const std::string name = request.create_group().group().name();
+      const std::string name = group.name();
+      jobs_.audit(batch, now, actor, "", "group.create", name,
+                  group.type() == v1::Group::TYPE_DYNAMIC ? fmt::format("query {}", group.query())
+                                                          : fmt::format("{} members", group.members_size()));
       commit(batch, {}, std::move(events).value());
       *r.mutable_group() = group_info(name);
       return r;
@@ -609,12 +617,17 @@ v1::RpcResponse Manager::dispatch(const v1::RpcRequest& request) {
       const auto& q = request.change_members();
       Batch batch;
       std::vector<std::string> ids(q.device_ids().begin(), q.device_ids().end());
-      auto events = groups_.change_members(q.name(), ids, q.remove(), unix_now_ms(), batch);
+      const auto now = unix_now_ms();
+      auto events = groups_.change_members(q.name(), ids, q.remove(), now, batch);
       if (!events) {
         return failure(events.error().code == Errc::not_found ? v1::RpcResponse::CODE_NOT_FOUND
                                                               : v1::RpcResponse::CODE_INVALID_ARGUMENT,
                        events.error().message);
       }
+      jobs_.audit(
+          batch, now, actor, "", q.remove() ? "group.remove" : "group.add", q.name(),
+          fmt::format("{} devices: {}", ids.size(),
+                      fmt::join(ids.begin(), ids.begin() + std::min<std::ptrdiff_t>(10, std::ssize(ids)), ",")));
       commit(batch, {}, std::move(events).value());
       *r.mutable_group() = group_info(q.name());
       return r;
@@ -637,8 +650,10 @@ v1::RpcResponse Manager::dispatch(const v1::RpcRequest& request) {
         return failure(v1::RpcResponse::CODE_NOT_FOUND, fmt::format("group {} does not exist", name));
       *r.mutable_group() = group_info(name);
       Batch batch;
-      auto events = groups_.erase(name, unix_now_ms(), batch);
+      const auto now = unix_now_ms();
+      auto events = groups_.erase(name, now, batch);
       if (!events) return failure(v1::RpcResponse::CODE_INVALID_ARGUMENT, events.error().message);
+      jobs_.audit(batch, now, actor, "", "group.delete", name, fmt::format("{} members", events->size()));
       commit(batch, {}, std::move(events).value());
       return r;
     }
@@ -674,6 +689,8 @@ v1::RpcResponse Manager::dispatch(const v1::RpcRequest& request) {
       labels_[id->str()] = labels;
       Batch batch;
       batch.put(Space::labels, id->str(), codec::encode(labels));
+      jobs_.audit(batch, unix_now_ms(), actor, "", "device.label", id->str(),
+                  fmt::format("tags {}; {} attributes", fmt::join(labels.tags(), ","), labels.attributes_size()));
       index_.update(record_facts(id->str()), FactPart::record);
       auto events = groups_.reevaluate({id->str()}, index_, unix_now_ms(), batch);
       commit(batch, {id->str()}, std::move(events));

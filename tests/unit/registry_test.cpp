@@ -426,3 +426,48 @@ TEST_CASE("manager: device deletion is all or nothing, needs force for online de
   CHECK(back);
   reactor.request_stop();
 }
+
+TEST_CASE("manager: group changes and device labels are audited; a group records who created it") {
+  using namespace std::chrono_literals;
+  MemoryBroker broker;
+  auto factory = [&broker](TransportOptions o, EventSink s) {
+    return broker.make_transport(std::move(o), std::move(s));
+  };
+  auto mgr = Manager::create(ManagerConfig{}, make_memory_store(), factory);
+  REQUIRE(mgr);
+  std::jthread reactor([&](std::stop_token st) { (*mgr)->run(st); });
+  Operator op(broker);
+  for (int i = 0; i < 100 && broker.published() == 0; ++i) std::this_thread::sleep_for(20ms);
+  std::this_thread::sleep_for(50ms);
+
+  v1::RpcRequest create;
+  auto* g = create.mutable_create_group()->mutable_group();
+  g->set_name("lab");
+  g->add_members("dev-9");
+  g->set_created_by("mallory");  // the manager records who asks, not what the request claims
+  auto created = op.call(create);
+  REQUIRE(created.code() == v1::RpcResponse::CODE_OK);
+  CHECK(created.group().group().created_by() == "alice");
+  v1::RpcRequest add;
+  add.mutable_change_members()->set_name("lab");
+  add.mutable_change_members()->add_device_ids("dev-8");
+  REQUIRE(op.call(add).code() == v1::RpcResponse::CODE_OK);
+  v1::RpcRequest drop;
+  drop.mutable_delete_group()->set_name("lab");
+  REQUIRE(op.call(drop).code() == v1::RpcResponse::CODE_OK);
+  // A refused change is not audited.
+  REQUIRE(op.call(drop).code() == v1::RpcResponse::CODE_NOT_FOUND);
+
+  v1::RpcRequest audit;
+  audit.mutable_audit_log()->set_limit(10);
+  auto log = op.call(audit).audit();
+  REQUIRE(log.entries_size() == 3);
+  CHECK(log.entries(0).action() == "group.delete");
+  CHECK(log.entries(0).detail() == "2 members");
+  CHECK(log.entries(1).action() == "group.add");
+  CHECK(log.entries(1).detail() == "1 devices: dev-8");
+  CHECK(log.entries(2).action() == "group.create");
+  CHECK(log.entries(2).subject() == "lab");
+  for (const auto& e : log.entries()) CHECK(e.actor() == "alice");
+  reactor.request_stop();
+}
