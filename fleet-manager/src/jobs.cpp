@@ -834,22 +834,23 @@ void JobEngine::audit(Batch& batch, std::int64_t now_ms, const std::string& acto
 }
 
 Result<std::vector<v1::AuditEntry>> read_audit(const Store& store, std::size_t limit) {
-  std::vector<v1::AuditEntry> all;
+  std::vector<v1::AuditEntry> newest;
+  if (limit == 0) return newest;
   Status bad;
-  auto scanned = store.scan(Space::audit, "", [&](std::string_view key, std::string_view value) {
+  // Keys are "{unix_ms:020}/{seq:010}": reverse key order is newest first, and only `limit`
+  // entries are read whatever the size of the log.
+  auto scanned = store.scan_reverse(Space::audit, "", [&](std::string_view key, std::string_view value) {
     v1::AuditEntry e;
     if (!e.ParseFromArray(value.data(), static_cast<int>(value.size()))) {
       bad = make_error(Errc::corruption, "audit entry {} does not decode", key);
       return false;
     }
-    all.push_back(std::move(e));
-    return true;
+    newest.push_back(std::move(e));
+    return newest.size() < limit;
   });
   if (!scanned) return std::move(scanned).error();
   if (!bad) return std::move(bad).error();
-  std::reverse(all.begin(), all.end());
-  if (all.size() > limit) all.resize(limit);
-  return all;
+  return newest;
 }
 
 }  // namespace flotilla::manager

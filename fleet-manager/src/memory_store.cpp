@@ -72,6 +72,23 @@ class MemoryStore final : public Store {
     return {};
   }
 
+  Status scan_reverse(Space space, std::string_view prefix,
+                      const std::function<bool(std::string_view key, std::string_view value)>& visit) const override {
+    std::vector<std::pair<std::string, std::string>> forward;
+    if (auto st = scan(space, prefix,
+                       [&](std::string_view k, std::string_view v) {
+                         forward.emplace_back(k, v);
+                         return true;
+                       });
+        !st) {
+      return st;
+    }
+    for (auto it = forward.rbegin(); it != forward.rend(); ++it) {
+      if (!visit(it->first, it->second)) break;
+    }
+    return {};
+  }
+
   std::uint64_t disk_bytes() const override { return 0; }
 
  private:

@@ -239,6 +239,30 @@ class RocksStore final : public Store {
     return {};
   }
 
+  Status scan_reverse(Space space, std::string_view prefix,
+                      const std::function<bool(std::string_view key, std::string_view value)>& visit) const override {
+    auto* cf = handle(space);
+    if (cf == nullptr) return invalid_space(space);
+    rocksdb::ReadOptions read_options;
+    const rocksdb::Slice lower = to_slice(prefix);  // the prefix outlives the iterator
+    read_options.iterate_lower_bound = &lower;
+    const std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(read_options, cf));
+    // The last key with the prefix: the one before the prefix's successor (or the last key of all).
+    if (const auto upper = prefix_successor(prefix)) {
+      it->SeekForPrev(to_slice(*upper));
+      if (it->Valid() && it->key() == to_slice(*upper)) it->Prev();
+    } else {
+      it->SeekToLast();
+    }
+    for (; it->Valid() && to_view(it->key()).starts_with(prefix); it->Prev()) {
+      if (!visit(to_view(it->key()), to_view(it->value()))) break;
+    }
+    if (const auto s = it->status(); !s.ok()) {
+      return to_error(s, fmt::format("reverse scan {} with prefix {:?} in", space_name(space), prefix), dir_);
+    }
+    return {};
+  }
+
   std::uint64_t disk_bytes() const override {
     std::uint64_t total = 0;
     std::uint64_t sst = 0;

@@ -150,6 +150,13 @@ class CountingStore final : public Store {
       return visit(k, v);
     });
   }
+  Status scan_reverse(Space space, std::string_view prefix,
+                      const std::function<bool(std::string_view, std::string_view)>& visit) const override {
+    return inner_.scan_reverse(space, prefix, [&](std::string_view k, std::string_view v) {
+      ++visited;
+      return visit(k, v);
+    });
+  }
   std::uint64_t disk_bytes() const override { return 0; }
   mutable std::uint64_t visited = 0;
 

@@ -200,6 +200,38 @@ void check_store_contract(const Factory& make) {
     for (std::size_t i = 1; i < all.size(); ++i) CHECK(all[i - 1].first < all[i].first);
   }
 
+  SUBCASE("scan_reverse visits keys with the prefix in reverse key order, reading only what it visits") {
+    const std::vector<std::string> keys = {"dev-2", "dev-10",  "dev",         "de",       "dew",         "dev-1",
+                                           "dex",   "dev\xff", "dev\xff\xff", "\xff\xff", "\xff\xff\x01"};
+    Batch batch;
+    for (const auto& key : keys) batch.put(Space::devices, key, "v:" + key);
+    batch.put(Space::inventory, "dev-3", "other space");
+    write_ok(*store, batch);
+    auto reverse = [&](Space space, std::string_view prefix, std::size_t limit = 100) {
+      std::vector<std::string> seen;
+      const auto status = store->scan_reverse(space, prefix, [&](std::string_view key, std::string_view value) {
+        CHECK(value == (space == Space::devices ? "v:" + std::string(key) : std::string("other space")));
+        seen.emplace_back(key);
+        return seen.size() < limit;
+      });
+      REQUIRE_MESSAGE(status.ok(), describe(status));
+      return seen;
+    };
+    CHECK(reverse(Space::devices, "dev") ==
+          std::vector<std::string>{"dev\xff\xff", "dev\xff", "dev-2", "dev-10", "dev-1", "dev"});
+    CHECK(reverse(Space::devices, "dev-1") == std::vector<std::string>{"dev-10", "dev-1"});
+    CHECK(reverse(Space::devices, "\xff\xff") == std::vector<std::string>{"\xff\xff\x01", "\xff\xff"});
+    CHECK(reverse(Space::devices, "d", 2) == std::vector<std::string>{"dex", "dew"});
+    CHECK(reverse(Space::devices, "zzz").empty());
+    CHECK(reverse(Space::devices, "a").empty());
+    CHECK(reverse(Space::telemetry, "").empty());
+    CHECK(reverse(Space::inventory, "") == std::vector<std::string>{"dev-3"});
+    auto all = reverse(Space::devices, "");
+    REQUIRE(all.size() == keys.size());
+    CHECK(all.front() == "\xff\xff\x01");
+    CHECK(all.back() == "de");
+  }
+
   SUBCASE("scan stops when visit returns false") {
     Batch batch;
     for (int i = 0; i < 10; ++i) batch.put(Space::telemetry, fmt::format("t-{}", i), "x");

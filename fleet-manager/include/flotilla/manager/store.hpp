@@ -71,6 +71,10 @@ class Store {
   // Errors: io_error / corruption.
   virtual Status scan(Space space, std::string_view prefix,
                       const std::function<bool(std::string_view key, std::string_view value)>& visit) const = 0;
+  // The same in reverse key order (newest first for time-ordered keys), reading only what is
+  // visited. Errors: io_error / corruption.
+  virtual Status scan_reverse(Space space, std::string_view prefix,
+                              const std::function<bool(std::string_view key, std::string_view value)>& visit) const = 0;
 
   // Approximate on-disk size in bytes (SST + WAL), for stats.
   virtual std::uint64_t disk_bytes() const = 0;
