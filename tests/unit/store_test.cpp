@@ -100,6 +100,18 @@ std::vector<std::string> keys_of(const Entries& entries) {
   return keys;
 }
 
+// Keys around the prefixes the scan cases use (each stored as "v:" + key in devices), and one key
+// in inventory. Returns the device keys.
+std::vector<std::string> put_scan_keys(Store& store) {
+  const std::vector<std::string> keys = {"dev-2", "dev-10",  "dev",         "de",       "dew",         "dev-1",
+                                         "dex",   "dev\xff", "dev\xff\xff", "\xff\xff", "\xff\xff\x01"};
+  Batch batch;
+  for (const auto& key : keys) batch.put(Space::devices, key, "v:" + key);
+  batch.put(Space::inventory, "dev-3", "other space");
+  write_ok(store, batch);
+  return keys;
+}
+
 using Factory = std::function<std::unique_ptr<Store>()>;
 
 // The Store contract, shared by every implementation.
@@ -174,12 +186,7 @@ void check_store_contract(const Factory& make) {
   }
 
   SUBCASE("scan visits keys with the prefix in key order") {
-    const std::vector<std::string> keys = {"dev-2", "dev-10",  "dev",         "de",       "dew",         "dev-1",
-                                           "dex",   "dev\xff", "dev\xff\xff", "\xff\xff", "\xff\xff\x01"};
-    Batch batch;
-    for (const auto& key : keys) batch.put(Space::devices, key, "v:" + key);
-    batch.put(Space::inventory, "dev-3", "other space");
-    write_ok(*store, batch);
+    const auto keys = put_scan_keys(*store);
 
     const auto dev = scan_all(*store, Space::devices, "dev");
     CHECK(keys_of(dev) == std::vector<std::string>{"dev", "dev-1", "dev-10", "dev-2", "dev\xff", "dev\xff\xff"});
@@ -201,12 +208,7 @@ void check_store_contract(const Factory& make) {
   }
 
   SUBCASE("scan_reverse visits keys with the prefix in reverse key order, reading only what it visits") {
-    const std::vector<std::string> keys = {"dev-2", "dev-10",  "dev",         "de",       "dew",         "dev-1",
-                                           "dex",   "dev\xff", "dev\xff\xff", "\xff\xff", "\xff\xff\x01"};
-    Batch batch;
-    for (const auto& key : keys) batch.put(Space::devices, key, "v:" + key);
-    batch.put(Space::inventory, "dev-3", "other space");
-    write_ok(*store, batch);
+    const auto keys = put_scan_keys(*store);
     auto reverse = [&](Space space, std::string_view prefix, std::size_t limit = 100) {
       std::vector<std::string> seen;
       const auto status = store->scan_reverse(space, prefix, [&](std::string_view key, std::string_view value) {
