@@ -103,8 +103,8 @@ std::vector<std::string> keys_of(const Entries& entries) {
 // Keys around the prefixes the scan cases use (each stored as "v:" + key in devices), and one key
 // in inventory. Returns the device keys.
 std::vector<std::string> put_scan_keys(Store& store) {
-  const std::vector<std::string> keys = {"dev-2", "dev-10",  "dev",         "de",       "dew",         "dev-1",
-                                         "dex",   "dev\xff", "dev\xff\xff", "\xff\xff", "\xff\xff\x01"};
+  std::vector<std::string> keys = {"dev-2", "dev-10",  "dev",         "de",       "dew",         "dev-1",
+                                   "dex",   "dev\xff", "dev\xff\xff", "\xff\xff", "\xff\xff\x01"};
   Batch batch;
   for (const auto& key : keys) batch.put(Space::devices, key, "v:" + key);
   batch.put(Space::inventory, "dev-3", "other space");
