@@ -15,10 +15,13 @@
 #include <filesystem>
 #include <memory>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
+
+#include <fmt/format.h>
 
 #include "flotilla/cli/rpc_client.hpp"
 #include "flotilla/core/result.hpp"
@@ -42,10 +45,43 @@ std::filesystem::path binary_dir();
 // destructors and every child is reaped.
 
 void install_signal_handlers();
+
 // The signal received, 0 when none.
 int interrupted();
 // Errors: closed ("interrupted by signal N") once a signal arrived.
 Status check_interrupted();
+
+// Errors end a run: they are thrown here and caught by run_main(), which prints them and the logs.
+inline void must(const Status& st) {
+  if (!st) throw std::runtime_error(st.error().message);
+}
+template <typename T>
+T must(Result<T> r) {
+  if (!r) throw std::runtime_error(r.error().message);
+  return std::move(r).value();
+}
+
+// Installs the signal handlers, builds a benchmark from `options` and runs it; on an error prints
+// it as "NAME: ..." and, unless interrupted, the benchmark's logs(). Returns main()'s exit code.
+template <typename Bench, typename Options>
+int run_main(std::string_view name, const Options& options) {
+  install_signal_handlers();
+  std::unique_ptr<Bench> bench;
+  try {
+    bench = std::make_unique<Bench>(options);
+    bench->run();
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "{}: {}\n", name, e.what());
+    try {
+      if (bench && interrupted() == 0) fmt::print(stderr, "{}", bench->logs());
+    } catch (const std::exception& again) {
+      fmt::print(stderr, "(logs unavailable: {})\n", again.what());
+    }
+    return 1;
+  }
+  return 0;
+}
+
 // Sleeps `d` in short steps. Errors: those of check_interrupted().
 Status pause_for(Clock::duration d);
 

@@ -51,15 +51,7 @@ using std::chrono::seconds;
 
 constexpr std::string_view kSysDropped = "$SYS/broker/publish/messages/dropped";
 
-// Errors end the run: they are thrown here and caught in main(), which prints them and the logs.
-void must(const Status& st) {
-  if (!st) throw std::runtime_error(st.error().message);
-}
-template <typename T>
-T must(Result<T> r) {
-  if (!r) throw std::runtime_error(r.error().message);
-  return std::move(r).value();
-}
+using bench::must;
 
 void check_interrupted() { must(bench::check_interrupted()); }
 void pause_for(Clock::duration d) { must(bench::pause_for(d)); }
@@ -399,20 +391,5 @@ int main(int argc, char** argv) {
   cli.add_flag("--keep", o.keep, "Keep the work directory (configs, logs, RocksDB)");
   if (auto code = flotilla::app::parse(cli, argc, argv)) return *code;
 
-  flotilla::bench::install_signal_handlers();
-
-  std::unique_ptr<Bench> bench;
-  try {
-    bench = std::make_unique<Bench>(o);
-    bench->run();
-  } catch (const std::exception& e) {
-    fmt::print(stderr, "flotilla-bench-e2e: {}\n", e.what());
-    try {
-      if (bench && flotilla::bench::interrupted() == 0) fmt::print(stderr, "{}", bench->logs());
-    } catch (const std::exception& again) {
-      fmt::print(stderr, "(logs unavailable: {})\n", again.what());
-    }
-    return 1;
-  }
-  return 0;
+  return flotilla::bench::run_main<Bench>("flotilla-bench-e2e", o);
 }

@@ -81,15 +81,7 @@ constexpr milliseconds kRpcTimeout = seconds(2);
 // create_job answers after the executions are committed and the commands handed to the transport.
 constexpr milliseconds kCreateTimeout = seconds(30);
 
-// Errors end the run: they are thrown here and caught in main(), which prints them and the logs.
-void must(const Status& st) {
-  if (!st) throw std::runtime_error(st.error().message);
-}
-template <typename T>
-T must(Result<T> r) {
-  if (!r) throw std::runtime_error(r.error().message);
-  return std::move(r).value();
-}
+using bench::must;
 
 // Prints at once: a run takes minutes and its output is often piped into a file.
 template <typename... Args>
@@ -996,19 +988,5 @@ int main(int argc, char** argv) {
   cli.add_flag("--keep", o.keep, "Keep the work directory (configs, logs, RocksDB)");
   if (auto code = flotilla::app::parse(cli, argc, argv)) return *code;
 
-  flotilla::bench::install_signal_handlers();
-  std::unique_ptr<Bench> bench;
-  try {
-    bench = std::make_unique<Bench>(o);
-    bench->run();
-  } catch (const std::exception& e) {
-    fmt::print(stderr, "flotilla-bench-jobs: {}\n", e.what());
-    try {
-      if (bench && flotilla::bench::interrupted() == 0) fmt::print(stderr, "{}", bench->logs());
-    } catch (const std::exception& again) {
-      fmt::print(stderr, "(logs unavailable: {})\n", again.what());
-    }
-    return 1;
-  }
-  return 0;
+  return flotilla::bench::run_main<Bench>("flotilla-bench-jobs", o);
 }
